@@ -1,0 +1,40 @@
+"""What the PyTorch and JAX ``FashionMNIST`` data modules share.
+
+Each tab's module adds d2l's ``DataModule`` base and its image layout: NCHW
+tensors for PyTorch, NHWC arrays for JAX.
+"""
+from d2l_extras import plotting
+from d2l_extras.array_loader import ArrayLoader
+from d2l_extras.fashion_mnist import load_fashion_mnist
+
+
+class FashionMNISTBatches:
+    """Loading, batching and showing Fashion-MNIST (or its offline stand-in)."""
+    channels_last = False
+
+    def load(self, root=None, num_train=None, num_val=None):
+        self.arrays = load_fashion_mnist(root).subset(num_train, num_val)
+        self.num_classes = self.arrays.num_classes
+        self.train = (self.arrays.train_images, self.arrays.train_labels)
+        self.val = (self.arrays.val_images, self.arrays.val_labels)
+
+    def convert(self, array):
+        """Turn a NumPy batch into the framework's array type."""
+        return array
+
+    def get_dataloader(self, train):
+        images, labels = self.train if train else self.val
+        return ArrayLoader(images, labels, self.batch_size, self.resize,
+                           self.arrays.max_value, shuffle=train,
+                           channels_last=self.channels_last, convert=self.convert)
+
+    def text_labels(self, indices):
+        """Return text labels."""
+        return [self.arrays.text_labels[int(i)] for i in indices]
+
+    def visualize(self, batch, nrows=1, ncols=8, labels=[]):
+        X, y = batch
+        if not labels:
+            labels = self.text_labels(y)
+        images = [plotting.to_numpy(x).squeeze() for x in X[:nrows * ncols]]
+        plotting.show_images(images, nrows, ncols, titles=labels)

@@ -1,0 +1,57 @@
+"""Checks that turn silent shape mistakes into errors that say what to do.
+
+A patch embedding whose stride does not divide the image drops the leftover
+rows and columns without a word, and a convolution fed the wrong number of
+channels fails deep inside the framework. Both tabs call these first.
+"""
+
+
+def _pair(size, name):
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
+        raise ValueError(f'{name} must be a positive int or a (height, width) '
+                         f'pair of them, got {size!r}')
+    return pair
+
+
+def patch_grid(img_size, patch_size):
+    """Return (img_size, patch_size, grid_size) as (height, width) pairs.
+
+    Raises ValueError when the patches do not tile the image exactly.
+    """
+    img_size, patch_size = _pair(img_size, 'img_size'), _pair(patch_size, 'patch_size')
+    for axis, img, patch in zip(('height', 'width'), img_size, patch_size):
+        if img % patch:
+            lower = img - img % patch
+            nearest = ' or '.join(str(m) for m in (lower, lower + patch) if m)
+            raise ValueError(
+                f'image {axis} {img} is not divisible by the patch size {patch}: '
+                f'the last {img % patch} pixels would be silently dropped. Resize '
+                f'the images to a multiple of {patch} (such as {nearest}) or '
+                f'choose a patch size that divides {img}.')
+    grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+    return img_size, patch_size, grid_size
+
+
+def check_image_batch(shape, num_channels, img_size, channels_last):
+    """Check that a batch of images has the shape the model was built for.
+
+    ``shape`` is (batch, C, H, W), or (batch, H, W, C) with ``channels_last``.
+    """
+    layout = 'NHWC' if channels_last else 'NCHW'
+    if len(shape) != 4:
+        raise ValueError(f'expected a batch of images of shape {layout}, got shape '
+                         f'{tuple(shape)}; add the missing batch or channel axis')
+    channels = shape[3] if channels_last else shape[1]
+    height, width = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
+    if channels != num_channels:
+        raise ValueError(
+            f'the model expects {num_channels} channel(s) but the images '
+            f'({layout}, shape {tuple(shape)}) have {channels}: build the model '
+            f'with num_channels={channels}, or convert the images '
+            f'{"to grayscale" if num_channels == 1 else "to RGB"}'
+            f'{"" if channels_last else ", and check that they are NCHW, not NHWC"}.')
+    if (height, width) != tuple(img_size):
+        raise ValueError(f'the model was built for {img_size[0]}x{img_size[1]} '
+                         f'images but got {height}x{width}: resize the images or '
+                         f'build the model with img_size={(height, width)}.')

@@ -1,0 +1,63 @@
+"""Quick mode: the same notebooks on a small budget, so the book builds on a CPU.
+
+One switch, the environment variable ``D2L_VIT_QUICK``: ``1`` forces quick mode,
+``0`` forces the full settings, unset (or ``auto``) picks quick mode exactly when
+no accelerator is found. Quick mode caps the number of epochs and of training and
+validation examples; the model and every other hyperparameter stay as the text
+says, so a quick run is the full run, only shorter.
+"""
+import dataclasses
+import os
+
+ENV_VAR = 'D2L_VIT_QUICK'
+QUICK_MAX_EPOCHS = 2
+QUICK_NUM_TRAIN = 1024
+QUICK_NUM_VAL = 512
+
+_CHOICES = {'1': True, 'true': True, 'yes': True, 'on': True,
+            '0': False, 'false': False, 'no': False, 'off': False}
+
+
+def quick_mode_enabled(has_accelerator):
+    """Whether to run in quick mode, from ``D2L_VIT_QUICK`` or the hardware."""
+    value = os.environ.get(ENV_VAR, 'auto').strip().lower()
+    if value in ('', 'auto'):
+        return not has_accelerator
+    if value not in _CHOICES:
+        raise ValueError(f'{ENV_VAR}={value!r} is not understood: use 1 (quick '
+                         'mode), 0 (full settings) or leave it unset (auto)')
+    return _CHOICES[value]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSize:
+    """How long to train: epochs, and how many examples (None means all)."""
+    quick: bool
+    max_epochs: int
+    full_max_epochs: int
+    num_train: int = None
+    num_val: int = None
+
+    def __str__(self):
+        if not self.quick:
+            return (f'Full settings: {self.max_epochs} epochs on the whole '
+                    f'dataset (set {ENV_VAR}=1 for a quick run).')
+        return (f'Quick mode: {self.max_epochs} of {self.full_max_epochs} '
+                f'epochs on at most {self.num_train} training and '
+                f'{self.num_val} validation examples (set {ENV_VAR}=0 for the '
+                'full settings).')
+
+
+def run_size(max_epochs, has_accelerator, verbose=True):
+    """The run size for a training cell that asks for ``max_epochs``.
+
+    Prints one line saying which mode this is and how much it trains.
+    """
+    if quick_mode_enabled(has_accelerator):
+        size = RunSize(True, min(max_epochs, QUICK_MAX_EPOCHS), max_epochs,
+                       QUICK_NUM_TRAIN, QUICK_NUM_VAL)
+    else:
+        size = RunSize(False, max_epochs, max_epochs)
+    if verbose:
+        print(size)
+    return size
