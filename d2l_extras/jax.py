@@ -1,0 +1,204 @@
+"""The chapter's JAX library, used as ``from d2l_extras import jax as d2l``.
+
+d2l 1.0.3's own JAX module imports TensorFlow, fails on current JAX and breaks
+on Python 3.12, so this module provides the parts of its API the chapter uses,
+with the same names and signatures. The part above the WARNING marker is
+written by hand; the part below is the chapter's ``#@save`` code, written by
+``d2lbook build lib``.
+"""
+import sys
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax import numpy as jnp
+
+from d2l_extras import quick_mode
+from d2l_extras.fashion_mnist_data import FashionMNISTBatches
+from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, masked_softmax
+from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
+                                      Trainer, TrainState, get_key, get_seed)
+from d2l_extras.image_checks import check_image_batch, patch_grid
+from d2l_extras.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
+                                 show_images, use_svg_display)
+from d2l_extras.torch_to_flax import params_from_torch
+
+d2l = sys.modules[__name__]
+
+
+def add_to_class(Class):
+    """Register functions as methods in created class."""
+    def wrapper(obj):
+        setattr(Class, obj.__name__, obj)
+    return wrapper
+
+
+def num_gpus():
+    """Return the number of available GPUs."""
+    try:
+        return len(jax.devices('gpu'))
+    except RuntimeError:  # no GPU backend
+        return 0
+
+
+def run_size(max_epochs, verbose=True):
+    """Epochs and examples for a training cell: quick mode on a machine
+    without an accelerator unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
+    return quick_mode.run_size(max_epochs, jax.default_backend() != 'cpu', verbose)
+
+
+class FashionMNIST(FashionMNISTBatches, DataModule):
+    """Fashion-MNIST as NHWC float arrays in [0, 1], with an offline stand-in."""
+    channels_last = True
+
+    def __init__(self, batch_size=64, resize=(28, 28), root=None,
+                 num_train=None, num_val=None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.load(root, num_train, num_val)
+
+#################   WARNING   ################
+# The below part is generated automatically through:
+#    d2lbook build lib
+# Don't edit it directly
+
+class PatchEmbedding(nn.Module):
+    """Cut images into patches and embed each patch linearly.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    img_size: int = 96
+    patch_size: int = 16
+    num_hiddens: int = 512
+    num_channels: int = 1
+
+    def setup(self):
+        _, patch_size, self.grid_size = patch_grid(self.img_size,
+                                                   self.patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        # padding='VALID': only whole patches, exactly as in PyTorch.
+        # Xavier on the kernel viewed as a (p * p * in, out) matrix.
+        xavier_linear = nn.initializers.variance_scaling(
+            1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
+        self.conv = nn.Conv(self.num_hiddens, kernel_size=patch_size,
+                            strides=patch_size, padding='VALID',
+                            kernel_init=xavier_linear)
+
+    def __call__(self, X):
+        img_size, _, _ = patch_grid(self.img_size, self.patch_size)
+        check_image_batch(X.shape, self.num_channels, img_size,
+                          channels_last=True)
+        X = self.conv(X)
+        # Output shape: (batch size, no. of patches, num_hiddens)
+        return X.reshape((X.shape[0], -1, X.shape[3]))
+
+def patchify(X, patch_size):
+    """Cut NHWC images into patches, each flattened into one vector.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    # Output shape: (batch size, no. of patches, patch_size**2 * channels)
+    batch, height, width, channels = X.shape
+    X = X.reshape(batch, height // patch_size, patch_size,
+                  width // patch_size, patch_size, channels)
+    X = X.transpose(0, 1, 3, 2, 4, 5)  # grid row, grid col, row, col, channel
+    return X.reshape(batch, -1, patch_size**2 * channels)
+
+class ViTMLP(nn.Module):
+    """The MLP of a ViT encoder block.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    mlp_num_hiddens: int
+    mlp_num_outputs: int
+    dropout: float = 0.5
+
+    def setup(self):
+        init = nn.initializers.xavier_uniform()
+        self.dense1 = nn.Dense(self.mlp_num_hiddens, kernel_init=init)
+        self.dense2 = nn.Dense(self.mlp_num_outputs, kernel_init=init)
+        self.dropout1 = nn.Dropout(self.dropout)
+        self.dropout2 = nn.Dropout(self.dropout)
+
+    def __call__(self, x, training=False):
+        # The exact GELU, as PyTorch's nn.GELU (Flax defaults to a tanh
+        # approximation)
+        x = self.dropout1(nn.gelu(self.dense1(x), approximate=False),
+                          deterministic=not training)
+        return self.dropout2(self.dense2(x), deterministic=not training)
+
+class ViTBlock(nn.Module):
+    """A pre-normalization Transformer encoder block.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    num_hiddens: int
+    mlp_num_hiddens: int
+    num_heads: int
+    dropout: float
+    use_bias: bool = False
+
+    def setup(self):
+        self.ln1 = nn.LayerNorm(epsilon=1e-6)
+        self.attention = d2l.MultiHeadAttention(self.num_hiddens, self.num_heads,
+                                                self.dropout, self.use_bias)
+        self.ln2 = nn.LayerNorm(epsilon=1e-6)
+        self.mlp = ViTMLP(self.mlp_num_hiddens, self.num_hiddens, self.dropout)
+
+    def __call__(self, X, valid_lens=None, training=False):
+        X = X + self.attention(*([self.ln1(X)] * 3), valid_lens,
+                               training=training)[0]
+        return X + self.mlp(self.ln2(X), training=training)
+
+class ViT(d2l.Classifier):
+    """Vision Transformer.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    img_size: int
+    patch_size: int
+    num_hiddens: int
+    mlp_num_hiddens: int
+    num_heads: int
+    num_blks: int
+    emb_dropout: float
+    blk_dropout: float
+    lr: float = 0.1
+    use_bias: bool = False
+    num_classes: int = 10
+    num_channels: int = 1
+
+    def setup(self):
+        self.patch_embedding = PatchEmbedding(self.img_size, self.patch_size,
+                                              self.num_hiddens,
+                                              self.num_channels)
+        self.cls_token = self.param('cls_token', nn.initializers.zeros,
+                                    (1, 1, self.num_hiddens))
+        _, _, grid_size = patch_grid(self.img_size, self.patch_size)
+        num_steps = grid_size[0] * grid_size[1] + 1  # Add the cls token
+        self.pos_embedding = self.param(
+            'pos_embedding', nn.initializers.normal(stddev=0.02),
+            (1, num_steps, self.num_hiddens))
+        self.dropout = nn.Dropout(self.emb_dropout)
+        self.blks = [ViTBlock(self.num_hiddens, self.mlp_num_hiddens,
+                              self.num_heads, self.blk_dropout, self.use_bias)
+                     for _ in range(self.num_blks)]
+        self.head = nn.Sequential([
+            nn.LayerNorm(epsilon=1e-6),
+            nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)])
+
+    def __call__(self, X, training=False):
+        X = self.patch_embedding(X)
+        cls_tokens = jnp.broadcast_to(self.cls_token,
+                                      (X.shape[0], 1, self.num_hiddens))
+        X = jnp.concatenate((cls_tokens, X), axis=1)
+        X = self.dropout(X + self.pos_embedding, deterministic=not training)
+        for blk in self.blks:
+            X = blk(X, training=training)
+        return self.head(X[:, 0])
+
+def evaluate_accuracy(model, params, data):
+    """The fraction of validation examples that the model classifies right.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    predict = jax.jit(lambda X: model.apply({'params': params}, X).argmax(1))
+    correct = total = 0
+    for X, y in data.val_dataloader():
+        correct += int((predict(X) == y).sum())
+        total += len(y)
+    return correct / total

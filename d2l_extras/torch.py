@@ -1,0 +1,163 @@
+"""The chapter's PyTorch library: what it adds to ``from d2l import torch as d2l``.
+
+The part above the WARNING marker is written by hand; the part below is the
+chapter's ``#@save`` code, written by ``d2lbook build lib``.
+"""
+import torch
+from d2l import torch as d2l
+from torch import nn
+
+from d2l_extras import quick_mode
+from d2l_extras.fashion_mnist_data import FashionMNISTBatches
+from d2l_extras.image_checks import check_image_batch, patch_grid
+
+
+def run_size(max_epochs, verbose=True):
+    """Epochs and examples for a training cell: quick mode on a machine
+    without a GPU unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
+    return quick_mode.run_size(max_epochs, torch.cuda.is_available(), verbose)
+
+
+class FashionMNIST(FashionMNISTBatches, d2l.DataModule):
+    """Fashion-MNIST as NCHW float tensors in [0, 1].
+
+    d2l's own class downloads through torchvision with no offline fallback;
+    this one keeps its interface and adds the stand-in and example caps."""
+    def __init__(self, batch_size=64, resize=(28, 28), root=None,
+                 num_train=None, num_val=None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.load(root, num_train, num_val)
+
+    def convert(self, array):
+        return torch.from_numpy(array)
+
+#################   WARNING   ################
+# The below part is generated automatically through:
+#    d2lbook build lib
+# Don't edit it directly
+
+class PatchEmbedding(nn.Module):
+    """Cut images into patches and embed each patch linearly.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, img_size=96, patch_size=16, num_hiddens=512,
+                 num_channels=1):
+        super().__init__()
+        self.img_size, self.patch_size, self.grid_size = patch_grid(
+            img_size, patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_channels = num_channels
+        self.conv = nn.Conv2d(num_channels, num_hiddens,
+                              kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, X):
+        check_image_batch(X.shape, self.num_channels, self.img_size,
+                          channels_last=False)
+        # Output shape: (batch size, no. of patches, num_hiddens)
+        return self.conv(X).flatten(2).transpose(1, 2)
+
+def patchify(X, patch_size):
+    """Cut NCHW images into patches, each flattened into one vector.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    # Output shape: (batch size, no. of patches, channels * patch_size**2)
+    batch, channels, height, width = X.shape
+    X = X.reshape(batch, channels, height // patch_size, patch_size,
+                  width // patch_size, patch_size)
+    X = X.permute(0, 2, 4, 1, 3, 5)  # grid row, grid col, channel, row, col
+    return X.reshape(batch, -1, channels * patch_size**2)
+
+class ViTMLP(nn.Module):
+    """The MLP of a ViT encoder block.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, mlp_num_hiddens, mlp_num_outputs, dropout=0.5):
+        super().__init__()
+        self.dense1 = nn.LazyLinear(mlp_num_hiddens)
+        self.gelu = nn.GELU()
+        self.dropout1 = nn.Dropout(dropout)
+        self.dense2 = nn.LazyLinear(mlp_num_outputs)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout2(self.dense2(self.dropout1(self.gelu(
+            self.dense1(x)))))
+
+class ViTBlock(nn.Module):
+    """A pre-normalization Transformer encoder block.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, num_hiddens, mlp_num_hiddens, num_heads, dropout,
+                 use_bias=False):
+        super().__init__()
+        if num_hiddens % num_heads:
+            raise ValueError(f'num_hiddens={num_hiddens} is not divisible by '
+                             f'num_heads={num_heads}')
+        self.ln1 = nn.LayerNorm(num_hiddens, eps=1e-6)
+        self.attention = d2l.MultiHeadAttention(num_hiddens, num_heads,
+                                                dropout, use_bias)
+        self.ln2 = nn.LayerNorm(num_hiddens, eps=1e-6)
+        self.mlp = ViTMLP(mlp_num_hiddens, num_hiddens, dropout)
+
+    def forward(self, X, valid_lens=None):
+        X = X + self.attention(*([self.ln1(X)] * 3), valid_lens)
+        return X + self.mlp(self.ln2(X))
+
+class ViT(d2l.Classifier):
+    """Vision Transformer.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, img_size, patch_size, num_hiddens, mlp_num_hiddens,
+                 num_heads, num_blks, emb_dropout, blk_dropout, lr=0.1,
+                 use_bias=False, num_classes=10, num_channels=1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.patch_embedding = PatchEmbedding(img_size, patch_size,
+                                              num_hiddens, num_channels)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, num_hiddens))
+        num_steps = self.patch_embedding.num_patches + 1  # Add the cls token
+        self.pos_embedding = nn.Parameter(
+            0.02 * torch.randn(1, num_steps, num_hiddens))
+        self.dropout = nn.Dropout(emb_dropout)
+        self.blks = nn.Sequential(*[
+            ViTBlock(num_hiddens, mlp_num_hiddens, num_heads, blk_dropout,
+                     use_bias) for _ in range(num_blks)])
+        self.head = nn.Sequential(nn.LayerNorm(num_hiddens, eps=1e-6),
+                                  nn.Linear(num_hiddens, num_classes))
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        with torch.no_grad():  # Create the lazy layers' weights
+            self(torch.zeros(1, self.num_channels,
+                             *self.patch_embedding.img_size))
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                # Xavier on the (out, in) matrix, also for the patch conv
+                nn.init.xavier_uniform_(
+                    module.weight.view(module.weight.shape[0], -1))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.head[1].weight)
+
+    def forward(self, X):
+        X = self.patch_embedding(X)
+        X = torch.cat((self.cls_token.expand(X.shape[0], -1, -1), X), 1)
+        X = self.dropout(X + self.pos_embedding)
+        for blk in self.blks:
+            X = blk(X)
+        return self.head(X[:, 0])
+
+def evaluate_accuracy(model, data):
+    """The fraction of validation examples that the model classifies right.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    with torch.no_grad():
+        for X, y in data.val_dataloader():
+            y_hat = model(X.to(device)).argmax(dim=1)
+            correct += (y_hat == y.to(device)).sum().item()
+            total += len(y)
+    return correct / total
