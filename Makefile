@@ -22,14 +22,14 @@ ifdef OFFLINE
 export D2L_VIT_OFFLINE := $(OFFLINE)
 endif
 
-.PHONY: book build lib eval html colab test venv system-deps constraints clean
+.PHONY: book build lib eval html test venv system-deps constraints clean
 
 book: venv system-deps
 	$(MAKE) build
 
 # The d2lbook steps alone, for an environment that is already set up (the
 # tests build a copy of the book this way).
-build: html colab
+build: html
 
 venv: $(INSTALLED)
 
@@ -56,11 +56,9 @@ eval: lib
 	d2lbook build eval
 	d2lbook build eval --tab jax
 
+# Merges both tabs into one site; also writes the Colab notebooks.
 html: eval
 	d2lbook build html --tab all
-
-colab: eval
-	d2lbook build colab --tab all
 
 test: venv system-deps
 	$(PYTHON) -m pytest

@@ -1,0 +1,96 @@
+"""The whole book builds, offline and in quick mode, from a copy of the sources.
+
+One build (the Makefile's `build` target: library, both tabs' notebooks, HTML
+with both tabs, Colab notebooks) serves all the checks below.
+"""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VENV = pathlib.Path(sys.prefix)  # the environment the tests run in
+SECTION = 'chapter_vit/vision-transformer'
+
+
+def source_files():
+    """Tracked files and untracked ones that git does not ignore."""
+    listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [path for path in listed.splitlines() if (ROOT / path).is_file()]
+
+
+@pytest.fixture(scope='module')
+def book(tmp_path_factory):
+    copy = tmp_path_factory.mktemp('book')
+    for path in source_files():
+        (copy / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, copy / path)
+    env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1',
+               D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')))
+    result = subprocess.run(['make', 'build', f'VENV={VENV}'], cwd=copy, env=env,
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (copy / 'build' / 'make.log').write_text(result.stdout + result.stderr)
+    return copy
+
+
+def notebook(book, folder):
+    return json.loads((book / 'build' / folder / f'{SECTION}.ipynb').read_text())
+
+
+def outputs(nb):
+    texts = []
+    for cell in nb['cells']:
+        for out in cell.get('outputs', []):
+            assert out['output_type'] != 'error', out
+            texts.append(''.join(out.get('text', '')) +
+                         ''.join(out.get('data', {}).get('text/plain', '')))
+    return '\n'.join(texts)
+
+
+def test_the_library_is_in_step_with_the_book(book):
+    for module in ('torch.py', 'jax.py'):
+        assert (book / 'd2l_extras' / module).read_text() == (ROOT / 'd2l_extras' / module).read_text(), (
+            f'd2l_extras/{module} differs from what `d2lbook build lib` writes: run `make lib` and commit')
+
+
+@pytest.mark.parametrize('folder, framework_line', [('eval', 'import torch'), ('eval_jax', 'import jax')])
+def test_each_tab_evaluates_in_quick_mode_on_the_standin(book, folder, framework_line):
+    nb = notebook(book, folder)
+    sources = '\n'.join(cell['source'] for cell in nb['cells'] if cell['cell_type'] == 'code')
+    assert framework_line in sources
+    text = outputs(nb)
+    assert 'Quick mode: 2 of 10 epochs' in text
+    assert 'Fashion-MNIST is not available offline' in text
+    assert 'validation accuracy' in text
+
+
+def test_tab_notebooks_hold_only_their_own_framework(book):
+    torch_code = json.dumps(notebook(book, 'eval'))
+    jax_code = json.dumps(notebook(book, 'eval_jax'))
+    assert 'flax' not in torch_code and 'torch.' not in jax_code
+
+
+def test_html_shows_both_tabs_on_every_code_block(book):
+    html = (book / 'build' / 'html' / f'{SECTION}.html').read_text()
+    groups = html.count('mdl-tabs__tab-bar code')
+    assert groups >= 10
+    assert html.count('href="#pytorch-') >= groups and html.count('href="#jax-') >= groups
+    assert 'vit.svg' in html and (book / 'build' / 'html' / '_images' / 'vit.svg').exists()
+    assert 'Dosovitskiy et al.' in html
+    log = (book / 'build' / 'make.log').read_text()
+    assert 'could not open bibtex file' not in log and 'could not find bibtex key' not in log
+    assert 'Dosovitskiy' in (book / 'build' / 'html' / 'chapter_references' / 'zreferences.html').read_text()
+
+
+@pytest.mark.parametrize('folder, needs_d2l', [('colab', True), ('colab_jax', False)])
+def test_colab_notebooks_start_with_their_install_cell(book, folder, needs_d2l):
+    nb = json.loads((book / 'build' / folder / f'{SECTION}.ipynb').read_text())
+    install = next(cell['source'] for cell in nb['cells'] if cell['cell_type'] == 'code')
+    assert 'pip install "d2l-extras @ git+https://github.com/' in install
+    assert ('pip install d2l==1.0.3 --no-deps' in install) is needs_d2l

@@ -1,0 +1,180 @@
+"""The Fashion-MNIST loader: cache, checksums, atomic downloads, offline stand-in."""
+import gzip
+import hashlib
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from d2l_extras import fashion_mnist, offline_standin
+from d2l_extras import jax as jax_lib
+from d2l_extras import torch as torch_lib
+from d2l_extras.image_resize import resize_images
+
+
+def idx_bytes(array):
+    """An IDX file of unsigned bytes, the format of (Fashion-)MNIST."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(
+        int(d).to_bytes(4, 'big') for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def small_fashion_mnist(tmp_path, monkeypatch):
+    """A tiny dataset in Fashion-MNIST's files, and FILES pointing at its checksums."""
+    rng = np.random.default_rng(0)
+    arrays = {'train_images': rng.integers(0, 256, (40, 28, 28)),
+              'train_labels': np.arange(40) % 10,
+              'val_images': rng.integers(0, 256, (20, 28, 28)),
+              'val_labels': np.arange(20) % 10}
+    source = tmp_path / 'mirror'
+    source.mkdir()
+    files = {}
+    for key, (file_name, _) in fashion_mnist.FILES.items():
+        data = gzip.compress(idx_bytes(arrays[key]))
+        (source / file_name).write_bytes(data)
+        files[key] = (file_name, hashlib.md5(data).hexdigest())
+    monkeypatch.setattr(fashion_mnist, 'FILES', files)
+    return arrays, source
+
+
+def test_reads_cached_idx_files(small_fashion_mnist, tmp_path):
+    arrays, source = small_fashion_mnist
+    cache = tmp_path / 'data' / 'fashion-mnist'
+    cache.mkdir(parents=True)
+    for file in source.iterdir():
+        (cache / file.name).write_bytes(file.read_bytes())
+    data = fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+    assert data.name == 'Fashion-MNIST' and data.max_value == 255
+    np.testing.assert_array_equal(data.train_images, arrays['train_images'])
+    np.testing.assert_array_equal(data.val_labels, arrays['val_labels'])
+    assert data.text_labels[9] == 'ankle boot'
+
+
+def test_downloads_verifies_and_caches(small_fashion_mnist, tmp_path, monkeypatch):
+    arrays, source = small_fashion_mnist
+    monkeypatch.delenv('D2L_VIT_OFFLINE')
+    monkeypatch.setattr(fashion_mnist, 'MIRRORS', (source.as_uri() + '/',))
+    data = fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+    assert data.name == 'Fashion-MNIST'
+    np.testing.assert_array_equal(data.train_labels, arrays['train_labels'])
+    cached = sorted(p.name for p in (tmp_path / 'data' / 'fashion-mnist').iterdir())
+    assert cached == sorted(name for name, _ in fashion_mnist.FILES.values())
+
+
+def test_a_bad_download_leaves_no_file_behind(tmp_path):
+    mirror = tmp_path / 'mirror'
+    mirror.mkdir()
+    (mirror / 'labels.gz').write_bytes(b'not what was published')
+    folder = tmp_path / 'cache'
+    with pytest.raises(fashion_mnist.DownloadError, match='checksum mismatch'):
+        fashion_mnist.download('labels.gz', '0' * 32, folder, mirrors=(mirror.as_uri() + '/',))
+    assert list(folder.iterdir()) == []
+
+
+def test_a_mirror_that_never_answers_does_not_hang(tmp_path):
+    server = socket.socket()
+    server.bind(('127.0.0.1', 0))
+    server.listen()  # accepts connections, never answers
+    url = f'http://127.0.0.1:{server.getsockname()[1]}/'
+    start = time.monotonic()
+    try:
+        with pytest.raises(fashion_mnist.DownloadError):
+            fashion_mnist.download('x.gz', '0' * 32, tmp_path, mirrors=(url,), timeout=1.0)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 8
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_cache_gives_a_clear_error(small_fashion_mnist, tmp_path):
+    _, source = small_fashion_mnist
+    cache = tmp_path / 'data' / 'fashion-mnist'
+    cache.mkdir(parents=True)
+    for file in source.iterdir():
+        (cache / file.name).write_bytes(file.read_bytes()[:-10])  # truncated
+    with pytest.raises(fashion_mnist.CorruptDataError, match='is corrupt.*Delete .* and run again'):
+        fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+
+
+def test_idx_reader_rejects_a_file_that_is_not_idx(tmp_path):
+    path = tmp_path / 'images.gz'
+    path.write_bytes(gzip.compress(b'\x01\x02\x03\x04' + bytes(100)))
+    with pytest.raises(fashion_mnist.CorruptDataError, match='not an IDX file'):
+        fashion_mnist.read_idx(path)
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((3, 4, 4)))[:-5]))
+    with pytest.raises(fashion_mnist.CorruptDataError, match='truncated'):
+        fashion_mnist.read_idx(path)
+
+
+def test_offline_falls_back_to_the_digits_and_says_so(tmp_path, capsys, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError('D2L_VIT_OFFLINE=1 must not touch the network')
+    monkeypatch.setattr(fashion_mnist.urllib.request, 'urlopen', no_network)
+    data = fashion_mnist.load_fashion_mnist(tmp_path)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and 'not available offline' in lines[0] and 'UCI digits' in lines[0]
+    assert data.name.startswith('UCI digits') and data.num_classes == 10
+
+
+def test_unreachable_network_falls_back_quickly(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv('D2L_VIT_OFFLINE')
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connections are refused
+    monkeypatch.setattr(fashion_mnist, 'MIRRORS', (f'http://127.0.0.1:{port}/',))
+    start = time.monotonic()
+    data = fashion_mnist.load_fashion_mnist(tmp_path)
+    assert time.monotonic() - start < 8
+    assert data.name.startswith('UCI digits')
+    assert 'not available offline' in capsys.readouterr().out
+
+
+def test_standin_split_is_stratified_disjoint_and_repeatable():
+    data = offline_standin.load_digits()
+    assert len(data.train_labels) + len(data.val_labels) == 1797
+    train_counts = np.bincount(data.train_labels)
+    val_counts = np.bincount(data.val_labels)
+    assert (val_counts > 0).all() and (train_counts > 0).all()
+    np.testing.assert_allclose(val_counts / (train_counts + val_counts), 0.2, atol=0.02)
+    train_rows = {img.tobytes() for img in data.train_images}
+    overlap = sum(img.tobytes() in train_rows for img in data.val_images)
+    assert overlap < 5  # the UCI set itself has a few duplicate images
+    np.testing.assert_array_equal(offline_standin.load_digits().val_labels, data.val_labels)
+
+
+def test_resize_matches_torch_antialiased_bilinear():
+    images = np.random.default_rng(0).random((3, 28, 28)).astype(np.float32)
+    for size in (96, 14, (20, 40)):
+        expected = F.interpolate(torch.from_numpy(images)[:, None], size=size, mode='bilinear',
+                                 antialias=True, align_corners=False)[:, 0].numpy()
+        np.testing.assert_allclose(resize_images(images, size), expected, atol=1e-5)
+
+
+def test_resize_keeps_constant_images_constant():
+    np.testing.assert_allclose(resize_images(np.full((1, 8, 8), 7.0), 96), 7.0, rtol=1e-6)
+
+
+def test_both_data_modules_give_the_same_batches_in_their_layouts():
+    torch_data = torch_lib.FashionMNIST(batch_size=16, resize=(32, 32), num_train=64, num_val=32)
+    jax_data = jax_lib.FashionMNIST(batch_size=16, resize=(32, 32), num_train=64, num_val=32)
+    (X_t, y_t), (X_j, y_j) = next(iter(torch_data.val_dataloader())), next(iter(jax_data.val_dataloader()))
+    assert X_t.shape == (16, 1, 32, 32) and X_t.dtype == torch.float32
+    assert X_j.shape == (16, 32, 32, 1)
+    np.testing.assert_array_equal(X_t.numpy().transpose(0, 2, 3, 1), X_j)
+    np.testing.assert_array_equal(y_t.numpy(), y_j)
+    assert 0 <= X_j.min() and X_j.max() <= 1
+    assert len(torch_data.train_dataloader()) == 4 and len(jax_data.val_dataloader()) == 2
+    assert torch_data.text_labels([3]) == ['3']
+
+
+def test_training_batches_are_reshuffled_every_epoch():
+    data = jax_lib.FashionMNIST(batch_size=8, num_train=64, num_val=8)
+    loader = data.train_dataloader()
+    first, second = [np.concatenate([y for _, y in loader]) for _ in range(2)]
+    assert sorted(first) == sorted(second) and not np.array_equal(first, second)

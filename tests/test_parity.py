@@ -1,0 +1,82 @@
+"""The PyTorch and JAX models are the same function: same weights, same logits."""
+import jax
+import numpy as np
+import pytest
+import torch
+from jax import numpy as jnp
+
+from d2l_extras import jax as jax_lib
+from d2l_extras import torch as torch_lib
+
+
+def randomize(torch_model, seed=0):
+    """Perturb every constant-initialized parameter (the zero head, class
+    token and biases, the unit LayerNorm scales) so that none of them hides a
+    mismatch; the random weights keep their initialization, so the logits
+    have the size of a real model's."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in torch_model.parameters():
+            if p.numel() == 1 or p.std() == 0:
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    return torch_model.eval()
+
+
+def nhwc(X):
+    return jnp.asarray(X.numpy().transpose(0, 2, 3, 1))
+
+
+CONFIGS = [
+    # img_size, patch_size, num_hiddens, mlp_num_hiddens, num_heads, num_blks, use_bias, num_channels
+    (96, 16, 512, 2048, 8, 2, False, 1),  # the section's model
+    (32, 4, 48, 96, 3, 1, True, 3),
+    (28, 7, 36, 20, 4, 3, False, 1),
+]
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_pytorch_and_jax_vits_give_the_same_logits(config):
+    img_size, patch_size, num_hiddens, mlp, heads, blks, use_bias, channels = config
+    torch_vit = randomize(torch_lib.ViT(img_size, patch_size, num_hiddens, mlp, heads, blks,
+                                        0.1, 0.1, use_bias=use_bias, num_channels=channels))
+    jax_vit = jax_lib.ViT(img_size, patch_size, num_hiddens, mlp, heads, blks, 0.1, 0.1,
+                          use_bias=use_bias, num_channels=channels)
+    X = torch.rand(4, channels, img_size, img_size)
+    with torch.no_grad():
+        expected = torch_vit(X).numpy()
+    variables = jax_lib.params_from_torch(torch_vit)
+    logits = np.asarray(jax_vit.apply(variables, nhwc(X)))
+    assert np.abs(logits - expected).max() < 1e-5
+    assert np.abs(expected).max() > 1  # a real signal, not two zero outputs
+
+
+def test_converted_variables_have_exactly_the_flax_structure():
+    torch_vit = torch_lib.ViT(32, 8, 32, 64, 4, 2, 0.1, 0.1, use_bias=True)
+    jax_vit = jax_lib.ViT(32, 8, 32, 64, 4, 2, 0.1, 0.1, use_bias=True)
+    initialized = jax_vit.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    shapes = lambda tree: jax.tree.map(np.shape, tree)
+    assert shapes(jax_lib.params_from_torch(torch_vit)) == shapes(initialized)
+
+
+def test_encoder_block_parity_with_bias():
+    torch_blk = torch_lib.ViTBlock(24, 40, 3, 0.5, use_bias=True)
+    X = torch.randn(2, 7, 24)
+    torch_blk(X)  # builds the lazy layers
+    randomize(torch_blk)
+    with torch.no_grad():
+        expected = torch_blk(X).numpy()
+    jax_blk = jax_lib.ViTBlock(24, 40, 3, 0.5, use_bias=True)
+    out = jax_blk.apply(jax_lib.params_from_torch(torch_blk), jnp.asarray(X.numpy()))
+    assert np.abs(np.asarray(out) - expected).max() < 1e-5
+
+
+def test_jax_apply_is_deterministic_by_default_and_dropout_works_in_training():
+    jax_vit = jax_lib.ViT(32, 8, 32, 64, 4, 1, 0.5, 0.5)
+    X = jnp.ones((2, 32, 32, 1))
+    variables = jax_vit.init(jax.random.key(0), X)
+    np.testing.assert_array_equal(jax_vit.apply(variables, X), jax_vit.apply(variables, X))
+    head = variables['params']['head']['layers_1']
+    head['kernel'] = jnp.ones_like(head['kernel'])  # the zero head would hide dropout
+    train1 = jax_vit.apply(variables, X, training=True, rngs={'dropout': jax.random.key(1)})
+    train2 = jax_vit.apply(variables, X, training=True, rngs={'dropout': jax.random.key(2)})
+    assert not np.allclose(train1, train2)

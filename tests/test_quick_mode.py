@@ -1,0 +1,42 @@
+"""The quick/full switch: one environment variable, one printed line."""
+import pytest
+
+from d2l_extras import quick_mode
+
+
+@pytest.mark.parametrize('value, accelerator, expected', [
+    ('1', True, True), ('0', False, False), ('auto', False, True), ('auto', True, False),
+    ('', True, False), ('yes', True, True), ('off', False, False)])
+def test_switch(monkeypatch, value, accelerator, expected):
+    monkeypatch.setenv(quick_mode.ENV_VAR, value)
+    assert quick_mode.quick_mode_enabled(has_accelerator=accelerator) is expected
+
+
+def test_unset_means_quick_mode_exactly_without_an_accelerator(monkeypatch):
+    monkeypatch.delenv(quick_mode.ENV_VAR)
+    assert quick_mode.quick_mode_enabled(has_accelerator=False)
+    assert not quick_mode.quick_mode_enabled(has_accelerator=True)
+
+
+def test_a_misspelt_value_is_an_error_that_lists_the_choices(monkeypatch):
+    monkeypatch.setenv(quick_mode.ENV_VAR, 'fast')
+    with pytest.raises(ValueError, match='use 1 .* 0 .* unset'):
+        quick_mode.quick_mode_enabled(has_accelerator=False)
+
+
+def test_quick_mode_caps_and_prints_one_line(monkeypatch, capsys):
+    monkeypatch.setenv(quick_mode.ENV_VAR, '1')
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=True)
+    assert (size.max_epochs, size.num_train, size.num_val) == (
+        quick_mode.QUICK_MAX_EPOCHS, quick_mode.QUICK_NUM_TRAIN, quick_mode.QUICK_NUM_VAL)
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f'Quick mode: 2 of 10 epochs on at most {quick_mode.QUICK_NUM_TRAIN} training '
+                   f'and {quick_mode.QUICK_NUM_VAL} validation examples (set D2L_VIT_QUICK=0 for '
+                   'the full settings).']
+
+
+def test_full_settings_train_everything(monkeypatch, capsys):
+    monkeypatch.setenv(quick_mode.ENV_VAR, '0')
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False)
+    assert (size.max_epochs, size.num_train, size.num_val) == (10, None, None)
+    assert capsys.readouterr().out.startswith('Full settings: 10 epochs')
