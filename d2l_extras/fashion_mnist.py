@@ -18,6 +18,7 @@ import pathlib
 import queue
 import tempfile
 import threading
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -88,9 +89,9 @@ def _open_with_deadline(url, timeout):
     try:
         response = result.get(timeout=timeout)
     except queue.Empty:
-        raise DownloadError(f'no answer from {url} within {timeout:.0f} s') from None
+        raise DownloadError(f'no answer within {timeout:.0f} s') from None
     if isinstance(response, Exception):
-        raise DownloadError(f'{url}: {response}') from response
+        raise DownloadError(getattr(response, 'reason', response)) from response
     return response
 
 
@@ -110,15 +111,15 @@ def download(file_name, md5, folder, mirrors=None, timeout=CONNECT_TIMEOUT):
                 for chunk in iter(lambda: response.read(1 << 20), b''):
                     out.write(chunk)
             if md5sum(tmp) != md5:
-                raise DownloadError(f'{mirror + file_name}: checksum mismatch')
+                raise DownloadError('checksum mismatch')
             os.replace(tmp, target)
             return target
         except (OSError, ValueError) as e:  # URLError and socket timeouts are OSErrors
-            errors.append(str(e))
+            errors.append(f'{urllib.parse.urlsplit(mirror).netloc or mirror}: {e}')
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    raise DownloadError(f'could not download {file_name}: ' + '; '.join(errors))
+    raise DownloadError(f'could not download {file_name} ({"; ".join(errors)})')
 
 
 def read_idx(path, md5=None):

@@ -165,7 +165,7 @@ class Trainer(HyperParameters):
         return batch
 
     def clip_gradients(self, grad_clip_val, grads):
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         scale = jax.numpy.minimum(1.0, grad_clip_val / (norm + 1e-12))
         return jax.tree.map(lambda g: g * scale, grads)
 

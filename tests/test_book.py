@@ -62,7 +62,7 @@ def test_the_library_is_in_step_with_the_book(book):
 @pytest.mark.parametrize('folder, framework_line', [('eval', 'import torch'), ('eval_jax', 'import jax')])
 def test_each_tab_evaluates_in_quick_mode_on_the_standin(book, folder, framework_line):
     nb = notebook(book, folder)
-    sources = '\n'.join(cell['source'] for cell in nb['cells'] if cell['cell_type'] == 'code')
+    sources = '\n'.join(''.join(cell['source']) for cell in nb['cells'] if cell['cell_type'] == 'code')
     assert framework_line in sources
     text = outputs(nb)
     assert 'Quick mode: 2 of 10 epochs' in text
@@ -82,7 +82,7 @@ def test_html_shows_both_tabs_on_every_code_block(book):
     assert groups >= 10
     assert html.count('href="#pytorch-') >= groups and html.count('href="#jax-') >= groups
     assert 'vit.svg' in html and (book / 'build' / 'html' / '_images' / 'vit.svg').exists()
-    assert 'Dosovitskiy et al.' in html
+    assert 'Dosovitskiy <em>et al.</em>, 2021' in html  # a resolved :cite:
     log = (book / 'build' / 'make.log').read_text()
     assert 'could not open bibtex file' not in log and 'could not find bibtex key' not in log
     assert 'Dosovitskiy' in (book / 'build' / 'html' / 'chapter_references' / 'zreferences.html').read_text()
@@ -91,6 +91,6 @@ def test_html_shows_both_tabs_on_every_code_block(book):
 @pytest.mark.parametrize('folder, needs_d2l', [('colab', True), ('colab_jax', False)])
 def test_colab_notebooks_start_with_their_install_cell(book, folder, needs_d2l):
     nb = json.loads((book / 'build' / folder / f'{SECTION}.ipynb').read_text())
-    install = next(cell['source'] for cell in nb['cells'] if cell['cell_type'] == 'code')
+    install = next(''.join(cell['source']) for cell in nb['cells'] if cell['cell_type'] == 'code')
     assert 'pip install "d2l-extras @ git+https://github.com/' in install
     assert ('pip install d2l==1.0.3 --no-deps' in install) is needs_d2l
