@@ -1,8 +1,9 @@
-"""Minibatches from NumPy image arrays: resized, scaled to [0, 1], shuffled.
+"""Minibatches of NumPy arrays, for both tabs and for any data module.
 
-One loader serves both tabs. It works on whole batches (one resize per batch,
-not per image) and hands each array to a ``convert`` function, so PyTorch gets
-tensors and JAX gets arrays without either framework's data pipeline.
+One loader serves PyTorch and JAX: it slices whole batches out of arrays held
+in memory, reshuffles on every pass when training, and hands each batch to a
+``transform`` (for images: resize, scale, lay out, convert to tensors), so
+neither framework's data pipeline is needed.
 """
 import math
 
@@ -12,28 +13,33 @@ from d2l_extras.image_resize import resize_images
 
 
 class ArrayLoader:
-    """Iterate over (X, y) minibatches; every pass is a new shuffle if ``shuffle``.
-
-    X has shape (batch, 1, H, W) or, with ``channels_last``, (batch, H, W, 1).
-    """
-    def __init__(self, images, labels, batch_size, resize, max_value,
-                 shuffle=False, channels_last=False, convert=None, seed=0):
-        if len(images) != len(labels):
-            raise ValueError(f'{len(images)} images but {len(labels)} labels')
-        self.images, self.labels = images, labels
-        self.batch_size, self.resize, self.max_value = batch_size, resize, max_value
-        self.shuffle, self.channels_last = shuffle, channels_last
-        self.convert = convert if convert is not None else (lambda a: a)
+    """Iterate over minibatches of equally long arrays, as tuples."""
+    def __init__(self, arrays, batch_size, shuffle=False, transform=None, seed=0):
+        if len({len(a) for a in arrays}) != 1:
+            raise ValueError(f'arrays of different lengths: {[len(a) for a in arrays]}')
+        self.arrays, self.batch_size, self.shuffle = arrays, batch_size, shuffle
+        self.transform = transform if transform is not None else (lambda *batch: batch)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(len(self.arrays[0]) / self.batch_size)
 
     def __iter__(self):
-        order = (self.rng.permutation(len(self.labels)) if self.shuffle
-                 else np.arange(len(self.labels)))
-        for start in range(0, len(order), self.batch_size):
+        n = len(self.arrays[0])
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            X = resize_images(self.images[idx], self.resize) / np.float32(self.max_value)
-            X = X[..., None] if self.channels_last else X[:, None]
-            yield self.convert(X), self.convert(self.labels[idx])
+            yield tuple(self.transform(*(np.asarray(a)[idx] for a in self.arrays)))
+
+
+def image_batch_transform(resize, max_value, channels_last, convert=None):
+    """A transform for (images, labels) batches: resize, scale to [0, 1], add
+    the channel axis (NCHW, or NHWC with ``channels_last``), then ``convert``."""
+    convert = convert if convert is not None else (lambda a: a)
+
+    def transform(images, labels):
+        X = resize_images(images, resize) / np.float32(max_value)
+        X = X[..., None] if channels_last else X[:, None]
+        return convert(X), convert(labels)
+
+    return transform

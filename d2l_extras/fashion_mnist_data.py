@@ -4,7 +4,7 @@ Each tab's module adds d2l's ``DataModule`` base and its image layout: NCHW
 tensors for PyTorch, NHWC arrays for JAX.
 """
 from d2l_extras import plotting
-from d2l_extras.array_loader import ArrayLoader
+from d2l_extras.array_loader import ArrayLoader, image_batch_transform
 from d2l_extras.fashion_mnist import load_fashion_mnist
 
 
@@ -23,10 +23,10 @@ class FashionMNISTBatches:
         return array
 
     def get_dataloader(self, train):
-        images, labels = self.train if train else self.val
-        return ArrayLoader(images, labels, self.batch_size, self.resize,
-                           self.arrays.max_value, shuffle=train,
-                           channels_last=self.channels_last, convert=self.convert)
+        transform = image_batch_transform(self.resize, self.arrays.max_value,
+                                          self.channels_last, self.convert)
+        return ArrayLoader(self.train if train else self.val, self.batch_size,
+                           shuffle=train, transform=transform)
 
     def text_labels(self, indices):
         """Return text labels."""

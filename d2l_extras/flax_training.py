@@ -12,7 +12,6 @@ runs as one ``jax.jit``-compiled function:
   as a keyword of ``__call__`` and switch dropout (and batch norm) with it.
 """
 import inspect
-import math
 import random
 from dataclasses import field
 from typing import Any
@@ -24,6 +23,7 @@ import optax
 from flax import linen as nn
 from flax.training import train_state
 
+from d2l_extras.array_loader import ArrayLoader
 from d2l_extras.plotting import ProgressBoard
 
 
@@ -96,23 +96,6 @@ class Module(nn.Module, HyperParameters):
         return optax.sgd(self.lr)
 
 
-class TensorLoader:
-    """Minibatches of a tuple of arrays, reshuffled on every pass when training."""
-    def __init__(self, arrays, batch_size, shuffle, seed=0):
-        self.arrays, self.batch_size, self.shuffle = arrays, batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self):
-        return math.ceil(len(self.arrays[0]) / self.batch_size)
-
-    def __iter__(self):
-        n = len(self.arrays[0])
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            yield tuple(np.asarray(a)[idx] for a in self.arrays)
-
-
 class DataModule(HyperParameters):
     """The base class of data."""
     def __init__(self, root='../data'):
@@ -129,7 +112,7 @@ class DataModule(HyperParameters):
 
     def get_tensorloader(self, tensors, train, indices=slice(0, None)):
         tensors = tuple(np.asarray(a)[indices] for a in tensors)
-        return TensorLoader(tensors, self.batch_size, shuffle=train)
+        return ArrayLoader(tensors, self.batch_size, shuffle=train)
 
 
 class TrainState(train_state.TrainState):
