@@ -21,7 +21,7 @@ from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, M
 from d2l_extras.image_checks import check_image_batch, patch_grid
 from d2l_extras.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
                                  show_images, use_svg_display)
-from d2l_extras.torch_to_flax import params_from_torch
+from d2l_extras.torch_to_flax import params_from_torch, params_to_torch
 
 d2l = sys.modules[__name__]
 

@@ -1,4 +1,4 @@
-"""Copy the weights of the chapter's PyTorch ViT into its Flax twin.
+"""Copy the weights of the chapter's PyTorch ViT into its Flax twin, and back.
 
 The two tabs build the same network under the same attribute names, so the
 copy is a renaming plus two layout changes: a linear layer's (out, in) weight
@@ -6,6 +6,8 @@ becomes Flax's (in, out) kernel, and a convolution's (out, in, h, w) weight
 becomes Flax's (h, w, in, out) kernel. The images change layout too, NCHW to
 NHWC, which is the caller's business.
 """
+from collections.abc import Mapping
+
 import numpy as np
 
 # A PyTorch nn.Sequential numbers its children; Flax names list entries
@@ -29,6 +31,35 @@ def _flax_path(torch_path):
     return path
 
 
+# How a PyTorch weight becomes a Flax one: the Flax name of the leaf and the
+# axes to transpose, (out, in) -> (in, out) and (out, in, h, w) -> (h, w, in, out).
+_WEIGHT_LAYOUTS = (('Linear', 'kernel', (1, 0)), ('Conv2d', 'kernel', (2, 3, 1, 0)),
+                   ('LayerNorm', 'scale', None))
+
+
+def _correspondence(torch_model):
+    """Yield (PyTorch state-dict name, Flax path, axes) for every tensor."""
+    modules = dict(torch_model.named_modules())
+    for name in torch_model.state_dict():
+        module_name, _, leaf = name.rpartition('.')
+        axes = None
+        if leaf == 'weight':
+            kind = type(modules.get(module_name, torch_model)).__name__
+            layouts = {k: (flax_leaf, axes) for k, flax_leaf, axes in _WEIGHT_LAYOUTS}
+            if kind not in layouts:
+                raise ValueError(f'no Flax counterpart known for {name} ({kind})')
+            leaf, axes = layouts[kind]
+        yield name, tuple(_flax_path(module_name) if module_name else ()) + (leaf,), axes
+
+
+def _leaf_paths(tree, prefix=()):
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _leaf_paths(value, prefix + (key,))
+        else:
+            yield prefix + (key,)
+
+
 def params_from_torch(torch_model):
     """Return the variables ``{'params': ...}`` for the Flax version of
     ``torch_model`` (the chapter's ViT or any of its parts), as NumPy arrays.
@@ -36,26 +67,42 @@ def params_from_torch(torch_model):
     ``flax_model.apply(params_from_torch(torch_model), X_nhwc)`` then computes
     what ``torch_model.eval()(X_nchw)`` does.
     """
-    from torch import nn  # only the PyTorch side needs torch
-
-    modules = dict(torch_model.named_modules())
+    state = torch_model.state_dict()
     params = {}
-    for name, tensor in torch_model.state_dict().items():
-        module_name, _, leaf = name.rpartition('.')
-        module = modules.get(module_name, torch_model)
-        value = tensor.detach().cpu().numpy()
-        if leaf == 'weight':
-            if isinstance(module, nn.Linear):
-                leaf, value = 'kernel', value.T
-            elif isinstance(module, nn.Conv2d):
-                leaf, value = 'kernel', value.transpose(2, 3, 1, 0)
-            elif isinstance(module, nn.LayerNorm):
-                leaf = 'scale'
-            else:
-                raise ValueError(f'no Flax counterpart known for {name} '
-                                 f'({type(module).__name__})')
+    for name, path, axes in _correspondence(torch_model):
+        value = state[name].detach().cpu().numpy()
         node = params
-        for key in _flax_path(module_name) if module_name else []:
+        for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[leaf] = np.ascontiguousarray(value)
+        node[path[-1]] = np.ascontiguousarray(value if axes is None else value.transpose(axes))
     return {'params': params}
+
+
+def params_to_torch(variables, torch_model):
+    """The inverse of params_from_torch: copy the Flax ``variables`` into
+    ``torch_model``, which must be built with the same configuration, and
+    return it. Missing, extra or misshapen parameters raise a ValueError."""
+    import torch
+
+    params, state, used = variables['params'], {}, set()
+    for name, path, axes in _correspondence(torch_model):
+        node = params
+        for key in path:
+            if key not in node:
+                raise ValueError(f'the Flax variables have no {"/".join(path)} for {name}: '
+                                 'build both models with the same configuration')
+            node = node[key]
+        used.add(path)
+        value = np.asarray(node)
+        if axes is not None:
+            value = value.transpose(np.argsort(axes))
+        state[name] = torch.from_numpy(value.copy())  # a writable, contiguous copy
+    leaves = set(_leaf_paths(params))
+    if leaves - used:
+        raise ValueError(f'the PyTorch model has no place for {sorted(leaves - used)}: '
+                         'build both models with the same configuration')
+    try:
+        torch_model.load_state_dict(state)
+    except RuntimeError as e:  # shapes differ
+        raise ValueError(f'{e}\nBuild both models with the same configuration.') from e
+    return torch_model
