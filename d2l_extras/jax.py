@@ -162,15 +162,20 @@ class ViT(d2l.Classifier):
     use_bias: bool = False
     num_classes: int = 10
     num_channels: int = 1
+    pool: str = 'cls'
 
     def setup(self):
+        if self.pool not in ('cls', 'mean'):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         self.patch_embedding = PatchEmbedding(self.img_size, self.patch_size,
                                               self.num_hiddens,
                                               self.num_channels)
-        self.cls_token = self.param('cls_token', nn.initializers.zeros,
-                                    (1, 1, self.num_hiddens))
         _, _, grid_size = patch_grid(self.img_size, self.patch_size)
-        num_steps = grid_size[0] * grid_size[1] + 1  # Add the cls token
+        num_steps = grid_size[0] * grid_size[1]
+        if self.pool == 'cls':
+            self.cls_token = self.param('cls_token', nn.initializers.zeros,
+                                        (1, 1, self.num_hiddens))
+            num_steps += 1
         self.pos_embedding = self.param(
             'pos_embedding', nn.initializers.normal(stddev=0.02),
             (1, num_steps, self.num_hiddens))
@@ -184,13 +189,14 @@ class ViT(d2l.Classifier):
 
     def __call__(self, X, training=False):
         X = self.patch_embedding(X)
-        cls_tokens = jnp.broadcast_to(self.cls_token,
-                                      (X.shape[0], 1, self.num_hiddens))
-        X = jnp.concatenate((cls_tokens, X), axis=1)
+        if self.pool == 'cls':
+            cls_tokens = jnp.broadcast_to(self.cls_token,
+                                          (X.shape[0], 1, self.num_hiddens))
+            X = jnp.concatenate((cls_tokens, X), axis=1)
         X = self.dropout(X + self.pos_embedding, deterministic=not training)
         for blk in self.blks:
             X = blk(X, training=training)
-        return self.head(X[:, 0])
+        return self.head(X[:, 0] if self.pool == 'cls' else X.mean(axis=1))
 
 def evaluate_accuracy(model, params, data):
     """The fraction of validation examples that the model classifies right.

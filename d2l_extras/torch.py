@@ -110,13 +110,17 @@ class ViT(d2l.Classifier):
     Defined in :numref:`sec_vision-transformer`"""
     def __init__(self, img_size, patch_size, num_hiddens, mlp_num_hiddens,
                  num_heads, num_blks, emb_dropout, blk_dropout, lr=0.1,
-                 use_bias=False, num_classes=10, num_channels=1):
+                 use_bias=False, num_classes=10, num_channels=1, pool='cls'):
         super().__init__()
         self.save_hyperparameters()
+        if pool not in ('cls', 'mean'):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.patch_embedding = PatchEmbedding(img_size, patch_size,
                                               num_hiddens, num_channels)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, num_hiddens))
-        num_steps = self.patch_embedding.num_patches + 1  # Add the cls token
+        num_steps = self.patch_embedding.num_patches
+        if pool == 'cls':
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, num_hiddens))
+            num_steps += 1
         self.pos_embedding = nn.Parameter(
             0.02 * torch.randn(1, num_steps, num_hiddens))
         self.dropout = nn.Dropout(emb_dropout)
@@ -142,11 +146,12 @@ class ViT(d2l.Classifier):
 
     def forward(self, X):
         X = self.patch_embedding(X)
-        X = torch.cat((self.cls_token.expand(X.shape[0], -1, -1), X), 1)
+        if self.pool == 'cls':
+            X = torch.cat((self.cls_token.expand(X.shape[0], -1, -1), X), 1)
         X = self.dropout(X + self.pos_embedding)
         for blk in self.blks:
             X = blk(X)
-        return self.head(X[:, 0])
+        return self.head(X[:, 0] if self.pool == 'cls' else X.mean(dim=1))
 
 def evaluate_accuracy(model, data):
     """The fraction of validation examples that the model classifies right.

@@ -86,3 +86,29 @@ def test_jax_vit_reads_its_own_embedding_dropout():
     emb_only = jax_lib.ViT(32, 8, 32, 64, 4, 1, emb_dropout=0.5, blk_dropout=0.0)
     assert not np.allclose(emb_only.apply(variables, X, training=True, rngs=rngs),
                            emb_only.apply(variables, X))
+
+
+@pytest.mark.parametrize('pool, num_tokens', [('cls', 37), ('mean', 36)])
+def test_pooling_choice_sets_the_tokens_and_the_output(pool, num_tokens):
+    model = torch_lib.ViT(96, 16, 64, 128, 4, 1, 0.1, 0.1, pool=pool).eval()
+    assert model(torch.ones(3, 1, 96, 96)).shape == (3, 10)
+    assert model.pos_embedding.shape == (1, num_tokens, 64)
+    assert hasattr(model, 'cls_token') is (pool == 'cls')
+    jax_model = jax_lib.ViT(96, 16, 64, 128, 4, 1, 0.1, 0.1, pool=pool)
+    y, variables = jax_model.init_with_output(jax.random.key(0), jnp.ones((3, 96, 96, 1)))
+    assert y.shape == (3, 10)
+    assert variables['params']['pos_embedding'].shape == (1, num_tokens, 64)
+    assert ('cls_token' in variables['params']) is (pool == 'cls')
+
+
+def test_mean_pooling_has_no_class_token_parameter():
+    names = [name for name, _ in torch_lib.ViT(32, 8, 32, 64, 4, 1, 0.0, 0.0, pool='mean').named_parameters()]
+    assert not [name for name in names if 'cls' in name]
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean'"):
+        torch_lib.ViT(32, 8, 32, 64, 4, 1, 0.0, 0.0, pool='max')
+    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean'"):
+        jax_lib.ViT(32, 8, 32, 64, 4, 1, 0.0, 0.0, pool='max').init(
+            jax.random.key(0), jnp.ones((1, 32, 32, 1)))

@@ -36,16 +36,17 @@ CONFIGS = [
 ]
 
 
-def build_pair(config):
+def build_pair(config, pool='cls'):
     img_size, patch_size, num_hiddens, mlp, heads, blks, use_bias, channels = config
     args = (img_size, patch_size, num_hiddens, mlp, heads, blks, 0.1, 0.1)
-    kwargs = dict(use_bias=use_bias, num_channels=channels)
+    kwargs = dict(use_bias=use_bias, num_channels=channels, pool=pool)
     return torch_lib.ViT(*args, **kwargs), jax_lib.ViT(*args, **kwargs)
 
 
-@pytest.mark.parametrize('config', CONFIGS)
-def test_pytorch_and_jax_vits_give_the_same_logits(config):
-    torch_vit, jax_vit = build_pair(config)
+@pytest.mark.parametrize('config, pool', [(c, 'cls') for c in CONFIGS] +
+                         [(c, 'mean') for c in CONFIGS[:2]])
+def test_pytorch_and_jax_vits_give_the_same_logits(config, pool):
+    torch_vit, jax_vit = build_pair(config, pool)
     randomize(torch_vit)
     channels, img_size = config[7], config[0]
     X = torch.rand(4, channels, img_size, img_size)
@@ -57,9 +58,9 @@ def test_pytorch_and_jax_vits_give_the_same_logits(config):
     assert np.abs(expected).max() > 0.5  # a real signal, not two zero outputs
 
 
-@pytest.mark.parametrize('config', CONFIGS)
-def test_jax_weights_copied_into_pytorch_give_the_same_logits(config):
-    torch_vit, jax_vit = build_pair(config)
+@pytest.mark.parametrize('config, pool', [(c, 'cls') for c in CONFIGS] + [(CONFIGS[3], 'mean')])
+def test_jax_weights_copied_into_pytorch_give_the_same_logits(config, pool):
+    torch_vit, jax_vit = build_pair(config, pool)
     channels, img_size = config[7], config[0]
     X = torch.rand(4, channels, img_size, img_size)
     variables = jax_vit.init(jax.random.key(0), nhwc(X))
