@@ -198,6 +198,17 @@ class ViT(d2l.Classifier):
             X = blk(X, training=training)
         return self.head(X[:, 0] if self.pool == 'cls' else X.mean(axis=1))
 
+    def with_img_size(self, params, img_size, mode='bicubic'):
+        """A copy of the model for another image size, and its parameters.
+    
+        Defined in :numref:`sec_vision-transformer`"""
+        model = self.clone(img_size=img_size)
+        params = dict(params, pos_embedding=resize_position_embedding(
+            params['pos_embedding'], patch_grid(self.img_size, self.patch_size)[2],
+            patch_grid(img_size, self.patch_size)[2], int(self.pool == 'cls'),
+            mode))
+        return model, params
+
 def evaluate_accuracy(model, params, data):
     """The fraction of validation examples that the model classifies right.
 
@@ -208,3 +219,21 @@ def evaluate_accuracy(model, params, data):
         correct += int((predict(X) == y).sum())
         total += len(y)
     return correct / total
+
+def resize_position_embedding(pos_embedding, old_grid, new_grid,
+                              num_prefix_tokens=1, mode='bicubic'):
+    """Interpolate position embeddings to a new grid of patches in 2D.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    if pos_embedding.shape[1] != num_prefix_tokens + old_grid[0] * old_grid[1]:
+        raise ValueError(f'{pos_embedding.shape[1]} position embeddings do not '
+                         f'fit {num_prefix_tokens} + a {old_grid} grid')
+    prefix = pos_embedding[:, :num_prefix_tokens]
+    # (1, h * w, d) -> (1, h, w, d): an image with d channels
+    grid = pos_embedding[:, num_prefix_tokens:].reshape(
+        1, old_grid[0], old_grid[1], -1)
+    method = {'bilinear': 'linear', 'bicubic': 'cubic'}[mode]
+    grid = jax.image.resize(grid, (1, *new_grid, grid.shape[-1]), method,
+                            antialias=True)
+    return jnp.concatenate(
+        (prefix, grid.reshape(1, new_grid[0] * new_grid[1], -1)), axis=1)

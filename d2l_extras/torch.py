@@ -6,6 +6,7 @@ chapter's ``#@save`` code, written by ``d2lbook build lib``.
 import torch
 from d2l import torch as d2l
 from torch import nn
+from torch.nn import functional as F
 
 from d2l_extras import quick_mode
 from d2l_extras.fashion_mnist_data import FashionMNISTBatches
@@ -153,6 +154,18 @@ class ViT(d2l.Classifier):
             X = blk(X)
         return self.head(X[:, 0] if self.pool == 'cls' else X.mean(dim=1))
 
+    def with_img_size(self, img_size, mode='bicubic'):
+        """A copy of the model for another image size.
+    
+        Defined in :numref:`sec_vision-transformer`"""
+        model = ViT(**dict(self.hparams, img_size=img_size))
+        state = self.state_dict()
+        state['pos_embedding'] = resize_position_embedding(
+            state['pos_embedding'], self.patch_embedding.grid_size,
+            model.patch_embedding.grid_size, int(self.pool == 'cls'), mode)
+        model.load_state_dict(state)
+        return model.to(self.pos_embedding.device)
+
 def evaluate_accuracy(model, data):
     """The fraction of validation examples that the model classifies right.
 
@@ -166,3 +179,20 @@ def evaluate_accuracy(model, data):
             correct += (y_hat == y.to(device)).sum().item()
             total += len(y)
     return correct / total
+
+def resize_position_embedding(pos_embedding, old_grid, new_grid,
+                              num_prefix_tokens=1, mode='bicubic'):
+    """Interpolate position embeddings to a new grid of patches in 2D.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    if pos_embedding.shape[1] != num_prefix_tokens + old_grid[0] * old_grid[1]:
+        raise ValueError(f'{pos_embedding.shape[1]} position embeddings do not '
+                         f'fit {num_prefix_tokens} + a {old_grid} grid')
+    prefix = pos_embedding[:, :num_prefix_tokens]
+    # (1, h * w, d) -> (1, d, h, w): an image with d channels
+    grid = pos_embedding[:, num_prefix_tokens:].reshape(
+        1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode,
+                         antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
+    return torch.cat((prefix, grid), dim=1)
