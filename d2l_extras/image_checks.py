@@ -55,3 +55,11 @@ def check_image_batch(shape, num_channels, img_size, channels_last):
         raise ValueError(f'the model was built for {img_size[0]}x{img_size[1]} '
                          f'images but got {height}x{width}: resize the images or '
                          f'build the model with img_size={(height, width)}.')
+
+
+def check_position_grid(num_embeddings, num_prefix_tokens, grid_size):
+    """Check that position embeddings are one per prefix token plus one per
+    cell of a (height, width) grid of patches."""
+    if num_embeddings != num_prefix_tokens + grid_size[0] * grid_size[1]:
+        raise ValueError(f'{num_embeddings} position embeddings do not fit '
+                         f'{num_prefix_tokens} + a {tuple(grid_size)} grid')

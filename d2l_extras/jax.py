@@ -18,7 +18,7 @@ from d2l_extras.fashion_mnist_data import FashionMNISTBatches
 from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
                                       Trainer, TrainState, get_key, get_seed)
-from d2l_extras.image_checks import check_image_batch, patch_grid
+from d2l_extras.image_checks import check_image_batch, check_position_grid, patch_grid
 from d2l_extras.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
                                  show_images, use_svg_display)
 from d2l_extras.torch_to_flax import params_from_torch, params_to_torch
@@ -72,8 +72,8 @@ class PatchEmbedding(nn.Module):
     num_channels: int = 1
 
     def setup(self):
-        _, patch_size, self.grid_size = patch_grid(self.img_size,
-                                                   self.patch_size)
+        self.img_hw, patch_size, self.grid_size = patch_grid(self.img_size,
+                                                             self.patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         # padding='VALID': only whole patches, exactly as in PyTorch.
         # Xavier on the kernel viewed as a (p * p * in, out) matrix.
@@ -84,8 +84,7 @@ class PatchEmbedding(nn.Module):
                             kernel_init=xavier_linear)
 
     def __call__(self, X):
-        img_size, _, _ = patch_grid(self.img_size, self.patch_size)
-        check_image_batch(X.shape, self.num_channels, img_size,
+        check_image_batch(X.shape, self.num_channels, self.img_hw,
                           channels_last=True)
         X = self.conv(X)
         # Output shape: (batch size, no. of patches, num_hiddens)
@@ -225,9 +224,7 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
     """Interpolate position embeddings to a new grid of patches in 2D.
 
     Defined in :numref:`sec_vision-transformer`"""
-    if pos_embedding.shape[1] != num_prefix_tokens + old_grid[0] * old_grid[1]:
-        raise ValueError(f'{pos_embedding.shape[1]} position embeddings do not '
-                         f'fit {num_prefix_tokens} + a {old_grid} grid')
+    check_position_grid(pos_embedding.shape[1], num_prefix_tokens, old_grid)
     prefix = pos_embedding[:, :num_prefix_tokens]
     # (1, h * w, d) -> (1, h, w, d): an image with d channels
     grid = pos_embedding[:, num_prefix_tokens:].reshape(

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from d2l_extras import quick_mode
 from d2l_extras.fashion_mnist_data import FashionMNISTBatches
-from d2l_extras.image_checks import check_image_batch, patch_grid
+from d2l_extras.image_checks import check_image_batch, check_position_grid, patch_grid
 
 
 def run_size(max_epochs, verbose=True):
@@ -185,9 +185,7 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
     """Interpolate position embeddings to a new grid of patches in 2D.
 
     Defined in :numref:`sec_vision-transformer`"""
-    if pos_embedding.shape[1] != num_prefix_tokens + old_grid[0] * old_grid[1]:
-        raise ValueError(f'{pos_embedding.shape[1]} position embeddings do not '
-                         f'fit {num_prefix_tokens} + a {old_grid} grid')
+    check_position_grid(pos_embedding.shape[1], num_prefix_tokens, old_grid)
     prefix = pos_embedding[:, :num_prefix_tokens]
     # (1, h * w, d) -> (1, d, h, w): an image with d channels
     grid = pos_embedding[:, num_prefix_tokens:].reshape(

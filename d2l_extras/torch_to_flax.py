@@ -33,8 +33,8 @@ def _flax_path(torch_path):
 
 # How a PyTorch weight becomes a Flax one: the Flax name of the leaf and the
 # axes to transpose, (out, in) -> (in, out) and (out, in, h, w) -> (h, w, in, out).
-_WEIGHT_LAYOUTS = (('Linear', 'kernel', (1, 0)), ('Conv2d', 'kernel', (2, 3, 1, 0)),
-                   ('LayerNorm', 'scale', None))
+_WEIGHT_LAYOUTS = {'Linear': ('kernel', (1, 0)), 'Conv2d': ('kernel', (2, 3, 1, 0)),
+                   'LayerNorm': ('scale', None)}
 
 
 def _correspondence(torch_model):
@@ -45,10 +45,9 @@ def _correspondence(torch_model):
         axes = None
         if leaf == 'weight':
             kind = type(modules.get(module_name, torch_model)).__name__
-            layouts = {k: (flax_leaf, axes) for k, flax_leaf, axes in _WEIGHT_LAYOUTS}
-            if kind not in layouts:
+            if kind not in _WEIGHT_LAYOUTS:
                 raise ValueError(f'no Flax counterpart known for {name} ({kind})')
-            leaf, axes = layouts[kind]
+            leaf, axes = _WEIGHT_LAYOUTS[kind]
         yield name, tuple(_flax_path(module_name) if module_name else ()) + (leaf,), axes
 
 
