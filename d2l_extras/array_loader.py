@@ -32,12 +32,21 @@ class ArrayLoader:
             yield tuple(self.transform(*(np.asarray(a)[idx] for a in self.arrays)))
 
 
-def image_batch_transform(resize, max_value, channels_last, convert=None):
-    """A transform for (images, labels) batches: resize, scale to [0, 1], add
-    the channel axis (NCHW, or NHWC with ``channels_last``), then ``convert``."""
+def image_batch_transform(resize, max_value, channels_last, convert=None,
+                          augment=None, seed=0):
+    """A transform for (images, labels) batches: ``augment``, resize, scale to
+    [0, 1], add the channel axis (NCHW, or NHWC with ``channels_last``), then
+    ``convert``.
+
+    ``augment(images, rng)`` gets the raw (N, H, W) images and a NumPy random
+    generator seeded with ``seed``, so augmented runs repeat exactly.
+    """
     convert = convert if convert is not None else (lambda a: a)
+    rng = np.random.default_rng(seed)
 
     def transform(images, labels):
+        if augment is not None:
+            images = augment(images, rng)
         X = resize_images(images, resize) / np.float32(max_value)
         X = X[..., None] if channels_last else X[:, None]
         return convert(X), convert(labels)

@@ -23,8 +23,10 @@ class FashionMNISTBatches:
         return array
 
     def get_dataloader(self, train):
+        # Augmentation (if any) changes the training images only.
         transform = image_batch_transform(self.resize, self.arrays.max_value,
-                                          self.channels_last, self.convert)
+                                          self.channels_last, self.convert,
+                                          self.augment if train else None)
         return ArrayLoader(self.train if train else self.val, self.batch_size,
                            shuffle=train, transform=transform)
 

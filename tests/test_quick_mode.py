@@ -40,3 +40,12 @@ def test_full_settings_train_everything(monkeypatch, capsys):
     size = quick_mode.run_size(max_epochs=10, has_accelerator=False)
     assert (size.max_epochs, size.num_train, size.num_val) == (10, None, None)
     assert capsys.readouterr().out.startswith('Full settings: 10 epochs')
+
+
+def test_a_notebook_that_trains_many_models_can_ask_for_fewer_quick_epochs(monkeypatch, capsys):
+    monkeypatch.setenv(quick_mode.ENV_VAR, '1')
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_max_epochs=1)
+    assert (size.max_epochs, size.num_train) == (1, quick_mode.QUICK_NUM_TRAIN)
+    assert capsys.readouterr().out.startswith('Quick mode: 1 of 10 epochs')
+    monkeypatch.setenv(quick_mode.ENV_VAR, '0')
+    assert quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_max_epochs=1).max_epochs == 10
