@@ -7,9 +7,11 @@ written by hand; the part below is the chapter's ``#@save`` code, written by
 ``d2lbook build lib``.
 """
 import sys
+import time
 
 import jax
 import numpy as np
+import optax
 from flax import linen as nn
 from jax import numpy as jnp
 
@@ -41,18 +43,20 @@ def num_gpus():
         return 0
 
 
-def run_size(max_epochs, verbose=True):
+def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS):
     """Epochs and examples for a training cell: quick mode on a machine
     without an accelerator unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
-    return quick_mode.run_size(max_epochs, jax.default_backend() != 'cpu', verbose)
+    return quick_mode.run_size(max_epochs, jax.default_backend() != 'cpu', verbose,
+                               quick_max_epochs)
 
 
 class FashionMNIST(FashionMNISTBatches, DataModule):
-    """Fashion-MNIST as NHWC float arrays in [0, 1], with an offline stand-in."""
+    """Fashion-MNIST as NHWC float arrays in [0, 1], with an offline stand-in
+    and an optional ``augment(images, rng)`` for the training images."""
     channels_last = True
 
     def __init__(self, batch_size=64, resize=(28, 28), root=None,
-                 num_train=None, num_val=None):
+                 num_train=None, num_val=None, augment=None):
         super().__init__()
         self.save_hyperparameters()
         self.load(root, num_train, num_val)
@@ -234,3 +238,109 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
                             antialias=True)
     return jnp.concatenate(
         (prefix, grid.reshape(1, new_grid[0] * new_grid[1], -1)), axis=1)
+
+def plot_runs(boards, labels=('val_loss', 'val_acc'), figsize=(7, 2.5)):
+    """Plot the curves `labels` of several training runs, one panel each.
+
+    Defined in :numref:`sec_vit-exercise-pooling`"""
+    d2l.use_svg_display()
+    _, axes = d2l.plt.subplots(1, len(labels), figsize=figsize)
+    for axis, label in zip(axes, labels):
+        for (name, board), style in zip(boards.items(), ('-o', '--s', ':^')):
+            x, y = zip(*board.data[label])
+            axis.plot(x, y, style, label=name)
+        axis.set_xlabel('epoch')
+        axis.set_ylabel(label.replace('_', ' '))
+        axis.grid()
+        axis.legend()
+    d2l.plt.tight_layout()
+
+def vit_step_flops(img_size, patch_size, num_hiddens, mlp_num_hiddens,
+                   num_blks, batch_size, num_channels=1, num_classes=10):
+    """Predicted FLOPs of one training step: (linear part, attention part).
+
+    Defined in :numref:`sec_vit-exercise-image-size`"""
+    num_patches = (img_size // patch_size) ** 2
+    num_tokens = num_patches + 1  # and the class token
+    patch_embedding = 2 * num_patches * num_channels * patch_size**2 * num_hiddens
+    per_token = 2 * (4 * num_hiddens**2 + 2 * num_hiddens * mlp_num_hiddens)
+    head = 2 * num_hiddens * num_classes
+    linear = patch_embedding + num_blks * per_token * num_tokens + head
+    attention = num_blks * 2 * (2 * num_tokens**2 * num_hiddens)
+    # Backward costs about twice the forward pass
+    return 3 * batch_size * linear, 3 * batch_size * attention
+
+def time_training_step(model, X, y, num_repeats=5):
+    """Compile seconds, and seconds of `num_repeats` jitted steps after a warm-up.
+
+    Defined in :numref:`sec_vit-exercise-image-size`"""
+    trainer = d2l.Trainer(max_epochs=1, gradient_clip_val=1)
+    trainer.prepare_model(model)
+    params_key, dropout_key = jax.random.split(jax.random.key(0))
+    state = d2l.TrainState.create(
+        apply_fn=model.apply, params=model.init(params_key, X)['params'],
+        batch_stats={}, dropout_rng=dropout_key,
+        tx=model.configure_optimizers())
+    start = time.perf_counter()
+    train_step = trainer.make_train_step().lower(state, (X, y)).compile()
+    compile_seconds = time.perf_counter() - start
+    state, loss = jax.block_until_ready(train_step(state, (X, y)))
+    times = []
+    for _ in range(num_repeats):
+        start = time.perf_counter()
+        state, loss = jax.block_until_ready(train_step(state, (X, y)))
+        times.append(time.perf_counter() - start)
+    return compile_seconds, np.array(times)
+
+def fit_step_cost(num_tokens, seconds):
+    """Fit seconds = c0 + c1 * T + c2 * T**2 with c0, c1, c2 >= 0 (relative error).
+
+    Defined in :numref:`sec_vit-exercise-image-size`"""
+    from scipy.optimize import nnls
+    T = np.asarray(num_tokens, dtype=float)
+    seconds = np.asarray(seconds, dtype=float)
+    # Scale the columns to [0, 1] for a well-conditioned problem
+    scale = np.array([1.0, T.max(), T.max() ** 2])
+    features = np.stack([np.ones_like(T), T, T ** 2], axis=1) / scale
+    # Dividing each row by its time fits the relative error
+    coefficients, _ = nnls(features / seconds[:, None], np.ones_like(seconds))
+    return coefficients / scale
+
+class TunedViT(d2l.ViT):
+    """The chapter's ViT with AdamW and a schedule, and label smoothing.
+
+    Defined in :numref:`sec_vit-exercise-accuracy`"""
+    adamw: bool = False
+    weight_decay: float = 0.05
+    warmup: float = 0.1
+    label_smoothing: float = 0.0
+
+    def loss(self, params, X, Y, state, averaged=True):
+        Y_hat, updates = self.forward_logits(params, X, state)
+        Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1]))
+        targets = optax.smooth_labels(
+            jax.nn.one_hot(Y.reshape(-1), Y_hat.shape[-1]), self.label_smoothing)
+        losses = optax.softmax_cross_entropy(Y_hat, targets)
+        return (losses.mean() if averaged else losses), updates
+
+    def configure_optimizers(self):
+        if not self.adamw:
+            return super().configure_optimizers()
+        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, self.lr, round(self.warmup * total_steps), total_steps)
+        return optax.adamw(schedule, weight_decay=self.weight_decay)
+
+def shift_and_flip(images, rng, max_shift=0.07):
+    """Shift (N, H, W) images by up to max_shift of their side; flip half.
+
+    Defined in :numref:`sec_vit-exercise-accuracy`"""
+    num_images, height, width = images.shape
+    shift = max(round(max_shift * width), 1)
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)))
+    rows, cols = rng.integers(0, 2 * shift + 1, (2, num_images))
+    shifted = np.stack([padded[i, r:r + height, c:c + width]
+                        for i, (r, c) in enumerate(zip(rows, cols))])
+    flip = rng.random(num_images) < 0.5
+    shifted[flip] = shifted[flip, :, ::-1]
+    return shifted

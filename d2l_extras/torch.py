@@ -3,6 +3,11 @@
 The part above the WARNING marker is written by hand; the part below is the
 chapter's ``#@save`` code, written by ``d2lbook build lib``.
 """
+import math
+import sys
+import time
+
+import numpy as np
 import torch
 from d2l import torch as d2l
 from torch import nn
@@ -12,20 +17,26 @@ from d2l_extras import quick_mode
 from d2l_extras.fashion_mnist_data import FashionMNISTBatches
 from d2l_extras.image_checks import check_image_batch, check_position_grid, patch_grid
 
+# The notebooks call this module `extras`; saved code that says `extras.ViT`
+# runs here unchanged.
+extras = sys.modules[__name__]
 
-def run_size(max_epochs, verbose=True):
+
+def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS):
     """Epochs and examples for a training cell: quick mode on a machine
     without a GPU unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
-    return quick_mode.run_size(max_epochs, torch.cuda.is_available(), verbose)
+    return quick_mode.run_size(max_epochs, torch.cuda.is_available(), verbose,
+                               quick_max_epochs)
 
 
 class FashionMNIST(FashionMNISTBatches, d2l.DataModule):
     """Fashion-MNIST as NCHW float tensors in [0, 1].
 
     d2l's own class downloads through torchvision with no offline fallback;
-    this one keeps its interface and adds the stand-in and example caps."""
+    this one keeps its interface and adds the stand-in, example caps and an
+    optional ``augment(images, rng)`` for the training images."""
     def __init__(self, batch_size=64, resize=(28, 28), root=None,
-                 num_train=None, num_val=None):
+                 num_train=None, num_val=None, augment=None):
         super().__init__()
         self.save_hyperparameters()
         self.load(root, num_train, num_val)
@@ -194,3 +205,123 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
                          antialias=True, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
     return torch.cat((prefix, grid), dim=1)
+
+def plot_runs(boards, labels=('val_loss', 'val_acc'), figsize=(7, 2.5)):
+    """Plot the curves `labels` of several training runs, one panel each.
+
+    Defined in :numref:`sec_vit-exercise-pooling`"""
+    d2l.use_svg_display()
+    _, axes = d2l.plt.subplots(1, len(labels), figsize=figsize)
+    for axis, label in zip(axes, labels):
+        for (name, board), style in zip(boards.items(), ('-o', '--s', ':^')):
+            x, y = zip(*board.data[label])
+            axis.plot(x, y, style, label=name)
+        axis.set_xlabel('epoch')
+        axis.set_ylabel(label.replace('_', ' '))
+        axis.grid()
+        axis.legend()
+    d2l.plt.tight_layout()
+
+def vit_step_flops(img_size, patch_size, num_hiddens, mlp_num_hiddens,
+                   num_blks, batch_size, num_channels=1, num_classes=10):
+    """Predicted FLOPs of one training step: (linear part, attention part).
+
+    Defined in :numref:`sec_vit-exercise-image-size`"""
+    num_patches = (img_size // patch_size) ** 2
+    num_tokens = num_patches + 1  # and the class token
+    patch_embedding = 2 * num_patches * num_channels * patch_size**2 * num_hiddens
+    per_token = 2 * (4 * num_hiddens**2 + 2 * num_hiddens * mlp_num_hiddens)
+    head = 2 * num_hiddens * num_classes
+    linear = patch_embedding + num_blks * per_token * num_tokens + head
+    attention = num_blks * 2 * (2 * num_tokens**2 * num_hiddens)
+    # Backward costs about twice the forward pass
+    return 3 * batch_size * linear, 3 * batch_size * attention
+
+def time_training_step(model, X, y, num_repeats=5):
+    """Seconds of each of `num_repeats` training steps after a warm-up step.
+
+    Defined in :numref:`sec_vit-exercise-image-size`"""
+    optimizer = model.configure_optimizers()
+    model.train()
+
+    def step():
+        loss = model.loss(model(X), y)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1)
+        optimizer.step()
+        if X.is_cuda:  # CUDA runs asynchronously: wait for the step to end
+            torch.cuda.synchronize()
+
+    step()
+    times = []
+    for _ in range(num_repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return np.array(times)
+
+def fit_step_cost(num_tokens, seconds):
+    """Fit seconds = c0 + c1 * T + c2 * T**2 with c0, c1, c2 >= 0 (relative error).
+
+    Defined in :numref:`sec_vit-exercise-image-size`"""
+    from scipy.optimize import nnls
+    T = np.asarray(num_tokens, dtype=float)
+    seconds = np.asarray(seconds, dtype=float)
+    # Scale the columns to [0, 1] for a well-conditioned problem
+    scale = np.array([1.0, T.max(), T.max() ** 2])
+    features = np.stack([np.ones_like(T), T, T ** 2], axis=1) / scale
+    # Dividing each row by its time fits the relative error
+    coefficients, _ = nnls(features / seconds[:, None], np.ones_like(seconds))
+    return coefficients / scale
+
+def warmup_cosine(step, warmup_steps, total_steps):
+    """Learning-rate factor: linear warm-up from 0, then cosine decay to 0.
+
+    Defined in :numref:`sec_vit-exercise-accuracy`"""
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+class TunedViT(extras.ViT):
+    """The chapter's ViT with AdamW and a schedule, and label smoothing.
+
+    Defined in :numref:`sec_vit-exercise-accuracy`"""
+    def __init__(self, *args, adamw=False, weight_decay=0.05, warmup=0.1,
+                 label_smoothing=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.adamw, self.weight_decay = adamw, weight_decay
+        self.warmup, self.label_smoothing = warmup, label_smoothing
+
+    def loss(self, Y_hat, Y, averaged=True):
+        return F.cross_entropy(Y_hat.reshape(-1, Y_hat.shape[-1]), Y.reshape(-1),
+                               reduction='mean' if averaged else 'none',
+                               label_smoothing=self.label_smoothing)
+
+    def configure_optimizers(self):
+        if not self.adamw:
+            return super().configure_optimizers()
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr,
+                                      weight_decay=self.weight_decay)
+        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
+        warmup_steps = round(self.warmup * total_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps))
+        # d2l's Trainer only calls optimizer.step(): advance the schedule there
+        optimizer.register_step_post_hook(lambda *args: schedule.step())
+        return optimizer
+
+def shift_and_flip(images, rng, max_shift=0.07):
+    """Shift (N, H, W) images by up to max_shift of their side; flip half.
+
+    Defined in :numref:`sec_vit-exercise-accuracy`"""
+    num_images, height, width = images.shape
+    shift = max(round(max_shift * width), 1)
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)))
+    rows, cols = rng.integers(0, 2 * shift + 1, (2, num_images))
+    shifted = np.stack([padded[i, r:r + height, c:c + width]
+                        for i, (r, c) in enumerate(zip(rows, cols))])
+    flip = rng.random(num_images) < 0.5
+    shifted[flip] = shifted[flip, :, ::-1]
+    return shifted

@@ -39,8 +39,8 @@ def book(tmp_path_factory):
     return copy
 
 
-def notebook(book, folder):
-    return json.loads((book / 'build' / folder / f'{SECTION}.ipynb').read_text())
+def notebook(book, folder, page=SECTION):
+    return json.loads((book / 'build' / folder / f'{page}.ipynb').read_text())
 
 
 def outputs(nb):
@@ -68,6 +68,40 @@ def test_each_tab_evaluates_in_quick_mode_on_the_standin(book, folder, framework
     assert 'Quick mode: 2 of 10 epochs' in text
     assert 'Fashion-MNIST is not available offline' in text
     assert 'validation accuracy' in text
+
+
+# What each exercise notebook prints, in both tabs, and what only one tab prints.
+EXERCISES = {
+    'chapter_vit/exercise-pooling': (
+        ['Quick mode: 2 of 10 epochs', 'pooling  val loss', 'mean pooling minus class token'],
+        {'eval': [], 'eval_jax': []}),
+    'chapter_vit/exercise-image-size': (
+        ['Quick mode: minibatches of 8', 'ms per step', 'c0 =', 'GFLOP/s'],
+        {'eval': [], 'eval_jax': ['compiled in']}),
+    'chapter_vit/exercise-accuracy': (
+        ['Quick mode: 1 of 10 epochs', '1 of 10 epochs, quick mode', '+ label smoothing'],
+        {'eval': [], 'eval_jax': []}),
+}
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+@pytest.mark.parametrize('page', sorted(EXERCISES))
+def test_each_exercise_evaluates_in_both_tabs_in_quick_mode(book, page, folder):
+    text = outputs(notebook(book, folder, page))  # fails on any error output
+    both, own = EXERCISES[page]
+    for expected in both + own[folder]:
+        assert expected in text, f'{page} ({folder}) does not print {expected!r}'
+
+
+def test_the_exercises_are_pages_of_the_book_linked_from_the_section(book):
+    html = book / 'build' / 'html' / 'chapter_vit'
+    section = (html / 'vision-transformer.html').read_text()
+    for page in EXERCISES:
+        name = page.split('/')[-1]
+        assert f'href="{name}.html' in section, f'the section does not link to {name}'
+        assert (html / f'{name}.html').read_text().count('mdl-tabs__tab-bar code') >= 5
+    log = (book / 'build' / 'make.log').read_text()
+    assert 'undefined label' not in log
 
 
 def test_tab_notebooks_hold_only_their_own_framework(book):
