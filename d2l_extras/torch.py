@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from d2l_extras import quick_mode
 from d2l_extras.fashion_mnist_data import FashionMNISTBatches
 from d2l_extras.image_checks import check_image_batch, check_position_grid, patch_grid
+from d2l_extras.timm_import import vit_from_timm
 
 
 def run_size(max_epochs, verbose=True):
