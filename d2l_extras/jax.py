@@ -127,6 +127,50 @@ class ViTMLP(nn.Module):
                           deterministic=not training)
         return self.dropout2(self.dense2(x), deterministic=not training)
 
+class ViTAttention(nn.Module):
+    """Multi-head self-attention; one linear layer makes Q, K and V.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    num_hiddens: int
+    num_heads: int
+    dropout: float
+    qkv_bias: bool = False
+
+    def setup(self):
+        if self.num_hiddens % self.num_heads:
+            raise ValueError(f'num_hiddens={self.num_hiddens} is not divisible '
+                             f'by num_heads={self.num_heads}: every head needs '
+                             'the same width')
+        # Xavier on each of the three (d, d) matrices that qkv stacks
+        xavier = nn.initializers.variance_scaling(
+            1.0, 'fan_avg', 'uniform', in_axis=0, out_axis=2, batch_axis=1)
+        qkv_init = lambda key, shape, dtype=jnp.float32: xavier(
+            key, (shape[0], 3, shape[1] // 3), dtype).reshape(shape)
+        self.qkv = nn.Dense(3 * self.num_hiddens, use_bias=self.qkv_bias,
+                            kernel_init=qkv_init)
+        self.attention_dropout = nn.Dropout(self.dropout)
+        self.proj = nn.Dense(self.num_hiddens,
+                             kernel_init=nn.initializers.xavier_uniform())
+
+    def __call__(self, X, training=False, return_weights=False):
+        batch_size, num_steps, num_hiddens = X.shape
+        # Shape of Q, K, V: (batch size, no. of tokens, num_heads, head width)
+        Q, K, V = self.qkv(X).reshape(batch_size, num_steps, 3, self.num_heads,
+                                      -1).transpose(2, 0, 1, 3, 4)
+        if return_weights or (training and self.dropout > 0):
+            # softmax(Q K^T / sqrt(head width)) V, step by step; the weights
+            # have shape (batch size, num_heads, no. of queries, no. of keys)
+            scores = jnp.einsum('bqhd,bkhd->bhqk', Q, K) / Q.shape[-1]**0.5
+            weights = nn.softmax(scores, axis=-1)
+            H = jnp.einsum('bhqk,bkhd->bqhd', self.attention_dropout(
+                weights, deterministic=not training), V)
+        else:  # The same in one fused kernel, which keeps no weights
+            weights = None
+            H = jax.nn.dot_product_attention(Q, K, V)
+        # Concatenate the heads: (batch size, no. of tokens, num_hiddens)
+        H = H.reshape(batch_size, num_steps, num_hiddens)
+        return self.proj(H), weights
+
 class ViTBlock(nn.Module):
     """A pre-normalization Transformer encoder block.
 
@@ -139,15 +183,16 @@ class ViTBlock(nn.Module):
 
     def setup(self):
         self.ln1 = nn.LayerNorm(epsilon=1e-6)
-        self.attention = d2l.MultiHeadAttention(self.num_hiddens, self.num_heads,
-                                                self.dropout, self.use_bias)
+        self.attention = ViTAttention(self.num_hiddens, self.num_heads,
+                                      self.dropout, qkv_bias=self.use_bias)
         self.ln2 = nn.LayerNorm(epsilon=1e-6)
         self.mlp = ViTMLP(self.mlp_num_hiddens, self.num_hiddens, self.dropout)
 
-    def __call__(self, X, valid_lens=None, training=False):
-        X = X + self.attention(*([self.ln1(X)] * 3), valid_lens,
-                               training=training)[0]
-        return X + self.mlp(self.ln2(X), training=training)
+    def __call__(self, X, training=False, return_weights=False):
+        Y, weights = self.attention(self.ln1(X), training, return_weights)
+        X = X + Y
+        X = X + self.mlp(self.ln2(X), training=training)
+        return (X, weights) if return_weights else X
 
 class ViT(d2l.Classifier):
     """Vision Transformer.
@@ -190,16 +235,22 @@ class ViT(d2l.Classifier):
             nn.LayerNorm(epsilon=1e-6),
             nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)])
 
-    def __call__(self, X, training=False):
+    def __call__(self, X, training=False, return_weights=False):
         X = self.patch_embedding(X)
         if self.pool == 'cls':
             cls_tokens = jnp.broadcast_to(self.cls_token,
                                           (X.shape[0], 1, self.num_hiddens))
             X = jnp.concatenate((cls_tokens, X), axis=1)
         X = self.dropout(X + self.pos_embedding, deterministic=not training)
+        attention_weights = []
         for blk in self.blks:
-            X = blk(X, training=training)
-        return self.head(X[:, 0] if self.pool == 'cls' else X.mean(axis=1))
+            if return_weights:
+                X, weights = blk(X, training, return_weights=True)
+                attention_weights.append(weights)
+            else:
+                X = blk(X, training)
+        Y = self.head(X[:, 0] if self.pool == 'cls' else X.mean(axis=1))
+        return (Y, attention_weights) if return_weights else Y
 
     def with_img_size(self, params, img_size, mode='bicubic'):
         """A copy of the model for another image size, and its parameters.

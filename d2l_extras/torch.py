@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from d2l_extras import quick_mode
 from d2l_extras.fashion_mnist_data import FashionMNISTBatches
 from d2l_extras.image_checks import check_image_batch, check_position_grid, patch_grid
+from d2l_extras.timm_import import vit_from_timm
 
 # The notebooks call this module `extras`; saved code that says `extras.ViT`
 # runs here unchanged.
@@ -96,6 +97,38 @@ class ViTMLP(nn.Module):
         return self.dropout2(self.dense2(self.dropout1(self.gelu(
             self.dense1(x)))))
 
+class ViTAttention(nn.Module):
+    """Multi-head self-attention; one linear layer makes Q, K and V.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, num_hiddens, num_heads, dropout, qkv_bias=False):
+        super().__init__()
+        if num_hiddens % num_heads:
+            raise ValueError(f'num_hiddens={num_hiddens} is not divisible by '
+                             f'num_heads={num_heads}: every head needs the '
+                             'same width')
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(num_hiddens, 3 * num_hiddens, bias=qkv_bias)
+        self.attention_dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(num_hiddens, num_hiddens)
+
+    def forward(self, X, return_weights=False):
+        batch_size, num_steps, num_hiddens = X.shape
+        # Shape of Q, K, V: (batch size, num_heads, no. of tokens, head width)
+        Q, K, V = self.qkv(X).reshape(batch_size, num_steps, 3, self.num_heads,
+                                      -1).permute(2, 0, 3, 1, 4)
+        if return_weights:  # softmax(Q K^T / sqrt(head width)) V, step by step
+            scores = Q @ K.transpose(2, 3) / Q.shape[-1]**0.5
+            weights = F.softmax(scores, dim=-1)
+            H = self.attention_dropout(weights) @ V
+        else:  # The same in one fused kernel, which keeps no weights
+            weights = None
+            dropout_p = self.attention_dropout.p if self.training else 0
+            H = F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p)
+        # Concatenate the heads: (batch size, no. of tokens, num_hiddens)
+        H = H.transpose(1, 2).reshape(batch_size, num_steps, num_hiddens)
+        return self.proj(H), weights
+
 class ViTBlock(nn.Module):
     """A pre-normalization Transformer encoder block.
 
@@ -103,18 +136,17 @@ class ViTBlock(nn.Module):
     def __init__(self, num_hiddens, mlp_num_hiddens, num_heads, dropout,
                  use_bias=False):
         super().__init__()
-        if num_hiddens % num_heads:
-            raise ValueError(f'num_hiddens={num_hiddens} is not divisible by '
-                             f'num_heads={num_heads}')
         self.ln1 = nn.LayerNorm(num_hiddens, eps=1e-6)
-        self.attention = d2l.MultiHeadAttention(num_hiddens, num_heads,
-                                                dropout, use_bias)
+        self.attention = ViTAttention(num_hiddens, num_heads, dropout,
+                                      qkv_bias=use_bias)
         self.ln2 = nn.LayerNorm(num_hiddens, eps=1e-6)
         self.mlp = ViTMLP(mlp_num_hiddens, num_hiddens, dropout)
 
-    def forward(self, X, valid_lens=None):
-        X = X + self.attention(*([self.ln1(X)] * 3), valid_lens)
-        return X + self.mlp(self.ln2(X))
+    def forward(self, X, return_weights=False):
+        Y, weights = self.attention(self.ln1(X), return_weights)
+        X = X + Y
+        X = X + self.mlp(self.ln2(X))
+        return (X, weights) if return_weights else X
 
 class ViT(d2l.Classifier):
     """Vision Transformer.
@@ -147,23 +179,31 @@ class ViT(d2l.Classifier):
         with torch.no_grad():  # Create the lazy layers' weights
             self(torch.zeros(1, self.num_channels,
                              *self.patch_embedding.img_size))
-        for module in self.modules():
+        for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                # Xavier on the (out, in) matrix, also for the patch conv
-                nn.init.xavier_uniform_(
-                    module.weight.view(module.weight.shape[0], -1))
+                # Xavier on the (out, in) matrix, also for the patch conv, and
+                # on each of the three (d, d) matrices that qkv stacks
+                matrix = module.weight.view(module.weight.shape[0], -1)
+                for W in matrix.chunk(3 if name.endswith('qkv') else 1):
+                    nn.init.xavier_uniform_(W)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.zeros_(self.head[1].weight)
 
-    def forward(self, X):
+    def forward(self, X, return_weights=False):
         X = self.patch_embedding(X)
         if self.pool == 'cls':
             X = torch.cat((self.cls_token.expand(X.shape[0], -1, -1), X), 1)
         X = self.dropout(X + self.pos_embedding)
+        attention_weights = []
         for blk in self.blks:
-            X = blk(X)
-        return self.head(X[:, 0] if self.pool == 'cls' else X.mean(dim=1))
+            if return_weights:
+                X, weights = blk(X, return_weights=True)
+                attention_weights.append(weights)
+            else:
+                X = blk(X)
+        Y = self.head(X[:, 0] if self.pool == 'cls' else X.mean(dim=1))
+        return (Y, attention_weights) if return_weights else Y
 
     def with_img_size(self, img_size, mode='bicubic'):
         """A copy of the model for another image size.

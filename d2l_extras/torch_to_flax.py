@@ -4,7 +4,9 @@ The two tabs build the same network under the same attribute names, so the
 copy is a renaming plus two layout changes: a linear layer's (out, in) weight
 becomes Flax's (in, out) kernel, and a convolution's (out, in, h, w) weight
 becomes Flax's (h, w, in, out) kernel. The images change layout too, NCHW to
-NHWC, which is the caller's business.
+NHWC, which is the caller's business. ViTAttention's qkv layer needs nothing
+special: both tabs split its 3 * num_hiddens outputs the same way (queries,
+keys, values, then heads), so its weight transposes like any linear layer's.
 """
 from collections.abc import Mapping
 

@@ -64,8 +64,18 @@ def test_both_tabs_initialize_the_same_way():
         assert np.std(kernel) == pytest.approx(np.sqrt(2 / (64 + 256)), rel=0.05)
         mlp = np.asarray(params['blks_0']['mlp']['dense1']['kernel'])
         assert np.std(mlp) == pytest.approx(np.sqrt(2 / (256 + 512)), rel=0.05)
-        attention = np.asarray(params['blks_0']['attention']['W_q']['kernel'])
-        assert np.std(attention) == pytest.approx(np.sqrt(2 / (256 + 256)), rel=0.05)
+        # The (256, 3 * 256) qkv kernel is Xavier on each of its three (256, 256)
+        # matrices, as three separate layers would be (Xavier on the whole
+        # kernel would give std sqrt(2 / (256 + 768)) instead)
+        qkv = np.asarray(params['blks_0']['attention']['qkv']['kernel'])
+        assert qkv.shape == (256, 768)
+        for W in np.split(qkv, 3, axis=1):
+            assert np.std(W) == pytest.approx(np.sqrt(2 / (256 + 256)), rel=0.05)
+            assert np.abs(W).max() <= np.sqrt(6 / (256 + 256))
+        proj = np.asarray(params['blks_0']['attention']['proj']['kernel'])
+        assert np.std(proj) == pytest.approx(np.sqrt(2 / (256 + 256)), rel=0.05)
+        assert np.all(np.asarray(params['blks_0']['attention']['proj']['bias']) == 0)
+        assert 'bias' not in params['blks_0']['attention']['qkv']  # use_bias=False
 
 
 def test_untrained_vit_predicts_the_uniform_distribution():
