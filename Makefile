@@ -13,6 +13,9 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# The npm packages of package.json (MathJax, served by the HTML book itself).
+# The tests build a copy of the book with NODE_MODULES pointing here.
+NODE_MODULES := $(CURDIR)/node_modules
 # d2lbook calls sphinx-build through the shell: the venv's bin must be on PATH.
 export PATH := $(VENV)/bin:$(PATH)
 ifdef QUICK
@@ -22,9 +25,9 @@ ifdef OFFLINE
 export D2L_VIT_OFFLINE := $(OFFLINE)
 endif
 
-.PHONY: book build lib eval html test venv system-deps constraints clean
+.PHONY: book build lib eval html test venv js-deps system-deps constraints clean
 
-book: venv system-deps
+book: system-deps venv js-deps
 	$(MAKE) build
 
 # The d2lbook steps alone, for an environment that is already set up (the
@@ -41,12 +44,25 @@ $(INSTALLED): requirements.txt constraints.txt pyproject.toml tools/fix_torchvis
 	$(PYTHON) tools/fix_torchvision_cpu_import.py
 	touch $@
 
-# pandoc is a system package; d2lbook's HTML build needs it.
+js-deps: node_modules/.installed
+
+# npm ci installs exactly what package-lock.json pins into ./node_modules.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# System packages, installed with apt when missing (and we are root), as
+# command:package pairs: pandoc for d2lbook's HTML build, npm for js-deps,
+# chromium for the browser test of the built book (tests/test_site_browser.py).
+SYSTEM_DEPS := pandoc:pandoc npm:npm chromium:chromium
 system-deps:
-	@command -v pandoc >/dev/null || { \
+	@missing=; for dep in $(SYSTEM_DEPS); do \
+	  command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pandoc >/dev/null; \
-	  else echo 'pandoc is missing: install it (for example: sudo apt-get install pandoc)' >&2; exit 1; fi; }
+	    echo "installing with apt-get:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing:$$missing (install with, for example: sudo apt-get install$$missing)" >&2; exit 1; fi; fi
 
 # Write the #@save code of the chapter into d2l_extras/ (below the WARNING marker).
 lib:
@@ -56,11 +72,13 @@ eval: lib
 	d2lbook build eval
 	d2lbook build eval --tab jax
 
-# Merges both tabs into one site; also writes the Colab notebooks.
+# Merges both tabs into one site; also writes the Colab notebooks. Then makes
+# the site load nothing from the network (MathJax, icons: see the script).
 html: eval
 	d2lbook build html --tab all
+	$(PYTHON) tools/offline_site.py build/html --mathjax $(NODE_MODULES)/mathjax --copy-button static/copy-button.svg
 
-test: venv system-deps
+test: system-deps venv js-deps
 	$(PYTHON) -m pytest
 
 # Refresh constraints.txt from the current environment after changing requirements.txt.
