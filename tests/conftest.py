@@ -1,5 +1,20 @@
-"""Every test runs offline, in quick mode, with a data folder of its own."""
+"""Every test runs offline, in quick mode, with a data folder of its own.
+
+The `book` fixture builds the whole book once per test session; the build
+checks (test_book.py), the browser test of the site (test_site_browser.py) and
+the Colab-style runs (test_colab_run.py) all use that one build, which takes
+CI more than ten minutes.
+"""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VENV = pathlib.Path(sys.prefix)  # the environment the tests run in
 
 
 @pytest.fixture(autouse=True)
@@ -7,3 +22,32 @@ def offline_quick_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv('D2L_VIT_OFFLINE', '1')
     monkeypatch.setenv('D2L_VIT_QUICK', '1')
     monkeypatch.setenv('D2L_VIT_DATA', str(tmp_path_factory.mktemp('data')))
+
+
+def source_files():
+    """Tracked files and untracked ones that git does not ignore: what a clone holds."""
+    listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [path for path in listed.splitlines() if (ROOT / path).is_file()]
+
+
+def copy_sources(target):
+    for path in source_files():
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, target / path)
+    return target
+
+
+@pytest.fixture(scope='session')
+def book(tmp_path_factory):
+    """A copy of the sources, built offline and in quick mode by the Makefile's
+    `build` target (library, both tabs' notebooks, HTML, Colab notebooks), with
+    this environment's venv and node_modules; its make output is in build/make.log."""
+    copy = copy_sources(tmp_path_factory.mktemp('book'))
+    env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1',
+               D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')))
+    result = subprocess.run(['make', 'build', f'VENV={VENV}', f'NODE_MODULES={ROOT / "node_modules"}'],
+                            cwd=copy, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (copy / 'build' / 'make.log').write_text(result.stdout + result.stderr)
+    return copy

@@ -1,42 +1,15 @@
 """The whole book builds, offline and in quick mode, from a copy of the sources.
 
-One build (the Makefile's `build` target: library, both tabs' notebooks, HTML
-with both tabs, Colab notebooks) serves all the checks below.
+One build (the `book` fixture of conftest.py: library, both tabs' notebooks,
+HTML with both tabs, Colab notebooks) serves all the checks below.
 """
 import json
-import os
 import pathlib
-import shutil
-import subprocess
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-VENV = pathlib.Path(sys.prefix)  # the environment the tests run in
 SECTION = 'chapter_vit/vision-transformer'
-
-
-def source_files():
-    """Tracked files and untracked ones that git does not ignore."""
-    listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [path for path in listed.splitlines() if (ROOT / path).is_file()]
-
-
-@pytest.fixture(scope='module')
-def book(tmp_path_factory):
-    copy = tmp_path_factory.mktemp('book')
-    for path in source_files():
-        (copy / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / path, copy / path)
-    env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1',
-               D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')))
-    result = subprocess.run(['make', 'build', f'VENV={VENV}'], cwd=copy, env=env,
-                            capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    (copy / 'build' / 'make.log').write_text(result.stdout + result.stderr)
-    return copy
 
 
 def notebook(book, folder, page=SECTION):
