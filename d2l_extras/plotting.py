@@ -73,7 +73,8 @@ def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):
     _, axes = plt.subplots(num_rows, num_cols, figsize=figsize, squeeze=False)
     axes = axes.flatten()
     for i, (ax, img) in enumerate(zip(axes, imgs)):
-        ax.imshow(to_numpy(img), cmap='gray' if to_numpy(img).ndim == 2 else None)
+        # matplotlib's default colour map, as d2l's PyTorch show_images
+        ax.imshow(to_numpy(img))
         ax.axes.get_xaxis().set_visible(False)
         ax.axes.get_yaxis().set_visible(False)
         if titles:

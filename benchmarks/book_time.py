@@ -1,0 +1,88 @@
+"""How long the whole book takes to build in quick mode, and where the time goes.
+
+Builds a fresh copy of the sources (so that d2lbook re-evaluates every page)
+with the Makefile's `build` target, offline and in quick mode, in the current
+environment, and prints the total and each notebook's evaluation time per tab.
+
+    python benchmarks/book_time.py [--json out.json]
+
+d2lbook evaluates two notebooks at a time on a CPU-only machine, so the times
+per notebook overlap and add up to more than the total.
+"""
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# d2lbook's log: '=== Finished "d2lbook build eval_jax" in 00:06:14' and
+# 'Task "Evaluating ./chapter_vit/x.md" on CPU [1] is finished in 00:02:13'
+STAGE = re.compile(r'=== Finished "d2lbook build (\w+)" in (\d+):(\d+):(\d+)')
+TASK = re.compile(r'Task "Evaluating \./(\S+)\.md" on \w+ \[\d+\] is finished in (\d+):(\d+):(\d+)')
+
+
+def seconds(hours, minutes, secs):
+    return 3600 * int(hours) + 60 * int(minutes) + int(secs)
+
+
+def parse(log):
+    """Stage times (summed, as d2lbook runs some stages more than once) and,
+    per tab, the evaluation time of every notebook."""
+    stages, notebooks, pending = {}, {}, {}
+    for line in log.splitlines():
+        if match := TASK.search(line):
+            pending[match[1]] = seconds(*match.groups()[1:])
+        elif match := STAGE.search(line):
+            stage = match[1]
+            stages[stage] = stages.get(stage, 0) + seconds(*match.groups()[1:])
+            if pending and stage.startswith('eval_'):
+                notebooks.setdefault(stage.removeprefix('eval_'), {}).update(pending)
+            pending = {}
+    return stages, notebooks
+
+
+def build_copy(folder):
+    listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for path in listed.splitlines():
+        if (ROOT / path).is_file():
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / path, folder / path)
+    env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1',
+               D2L_VIT_DATA=str(folder / 'data'))
+    start = time.perf_counter()
+    result = subprocess.run(['make', 'build', f'VENV={sys.prefix}'], cwd=folder, env=env,
+                            capture_output=True, text=True)
+    total = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout[-3000:] + result.stderr[-3000:])
+    return total, result.stdout + result.stderr
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--json', help='also write the times to this file')
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        total, log = build_copy(pathlib.Path(folder))
+    stages, notebooks = parse(log)
+    print(f'whole book, quick mode, offline: {total / 60:.1f} min')
+    for stage, secs in stages.items():
+        print(f'  d2lbook build {stage}: {secs} s')
+    for tab, times in notebooks.items():
+        print(f'evaluation, {tab} tab:')
+        for page, secs in sorted(times.items(), key=lambda item: -item[1]):
+            print(f'  {page}: {secs} s')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(total_s=total, stages_s=stages, notebooks_s=notebooks), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
