@@ -68,7 +68,10 @@ def importable(venv, modules):
     probe = (f'import {COLAB_HAS}\n'
              'import importlib.util\n'
              f'print(*[m for m in {modules!r} if importlib.util.find_spec(m)])')
-    result = subprocess.run([str(venv / 'bin' / 'python'), '-c', probe], capture_output=True, text=True)
+    # Not from the checkout: `python -c` puts its working directory on the path,
+    # and the checkout's own d2l_extras/ would look preinstalled
+    result = subprocess.run([str(venv / 'bin' / 'python'), '-c', probe], cwd=venv,
+                            capture_output=True, text=True)
     assert result.returncode == 0, f'the fresh venv lacks what Colab has:\n{result.stderr[-2000:]}'
     return result.stdout.split()
 
