@@ -68,8 +68,14 @@ system-deps:
 lib:
 	d2lbook build lib
 
+# d2lbook evaluates two notebooks at a time on a machine without a GPU. Each
+# PyTorch kernel would start as many threads as there are cores, and two of them
+# fighting over the cores lose a quarter of the throughput on a 2-core machine
+# (benchmarks/book_time.py); so each gets half of the cores. XLA shares the
+# cores well on its own.
+EVAL_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 eval: lib
-	d2lbook build eval
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(EVAL_THREADS)} d2lbook build eval
 	d2lbook build eval --tab jax
 
 # Merges both tabs into one site; also writes the Colab notebooks. Then makes

@@ -57,7 +57,8 @@ def build_copy(folder):
     env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1',
                D2L_VIT_DATA=str(folder / 'data'))
     start = time.perf_counter()
-    result = subprocess.run(['make', 'build', f'VENV={sys.prefix}'], cwd=folder, env=env,
+    result = subprocess.run(['make', 'build', f'VENV={sys.prefix}',
+                             f'NODE_MODULES={ROOT / "node_modules"}'], cwd=folder, env=env,
                             capture_output=True, text=True)
     total = time.perf_counter() - start
     if result.returncode != 0:

@@ -117,7 +117,11 @@ class ViTAttention(nn.Module):
         # Shape of Q, K, V: (batch size, num_heads, no. of tokens, head width)
         Q, K, V = self.qkv(X).reshape(batch_size, num_steps, 3, self.num_heads,
                                       -1).permute(2, 0, 3, 1, 4)
-        if return_weights:  # softmax(Q K^T / sqrt(head width)) V, step by step
+        # The fused kernel has no dropout on a CPU; its fallback is slower
+        # than these three lines (benchmarks/train_step.py)
+        if return_weights or (self.training and self.attention_dropout.p > 0
+                              and X.device.type == 'cpu'):
+            # softmax(Q K^T / sqrt(head width)) V, step by step
             scores = Q @ K.transpose(2, 3) / Q.shape[-1]**0.5
             weights = F.softmax(scores, dim=-1)
             H = self.attention_dropout(weights) @ V

@@ -117,3 +117,22 @@ def test_blocks_give_back_their_weights_on_request():
         Y_too, weights = block(X, return_weights=True)
     assert Y.shape == (2, 5, 24) and (Y - Y_too).abs().max() < 1e-5
     assert weights.shape == (2, 4, 5, 5)  # JAX blocks: through the ViT test above
+
+
+def test_attention_dropout_acts_on_the_attention_weights():
+    """In training, the PyTorch tab's attention is dropout(softmax(QK^T /
+    sqrt(d))) V, as in d2l: the mask that nn.Dropout draws on the weights from
+    the same seed gives the same output (on a CPU this is the explicit path)."""
+    attention = torch_attention(40, 5, True, dropout=0.5).train()
+    X = torch.randn(2, 17, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.manual_seed(7)
+        output, _ = attention(X)
+        Q, K, V = attention.qkv(X).reshape(2, 17, 3, 5, 8).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(Q @ K.transpose(2, 3) / 8**0.5, dim=-1)
+        torch.manual_seed(7)
+        H = torch.nn.functional.dropout(weights, 0.5) @ V
+        expected = attention.proj(H.transpose(1, 2).reshape(2, 17, 40))
+    assert (output - expected).abs().max() < 1e-5
+    # and dropout did act: the output differs from evaluation mode's
+    assert (output - attention.eval()(X)[0]).abs().max() > 1e-2
