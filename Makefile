@@ -25,7 +25,7 @@ ifdef OFFLINE
 export D2L_VIT_OFFLINE := $(OFFLINE)
 endif
 
-.PHONY: book build lib eval html test venv js-deps system-deps constraints clean
+.PHONY: book build lib eval html pdf test venv js-deps system-deps constraints clean
 
 book: system-deps venv js-deps
 	$(MAKE) build
@@ -52,12 +52,15 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # System packages, installed with apt when missing (and we are root), as
-# command:package pairs: pandoc for d2lbook's HTML build, npm for js-deps,
-# chromium for the browser test of the built book (tests/test_site_browser.py).
-SYSTEM_DEPS := pandoc:pandoc npm:npm chromium:chromium
+# command:packages pairs (packages separated by commas): pandoc for d2lbook's
+# HTML build, npm for js-deps, chromium for the browser test of the built book
+# (tests/test_site_browser.py), XeLaTeX with the LaTeX packages and fonts that
+# Sphinx's LaTeX output uses for `make pdf` (tests/test_pdf.py).
+SYSTEM_DEPS := pandoc:pandoc npm:npm chromium:chromium \
+	xelatex:texlive-xetex,texlive-latex-extra,fonts-freefont-otf latexmk:latexmk
 system-deps:
 	@missing=; for dep in $(SYSTEM_DEPS); do \
-	  command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep#*:}"; done; \
+	  command -v $${dep%%:*} >/dev/null || missing="$$missing $$(echo $${dep#*:} | tr , ' ')"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing with apt-get:$$missing"; \
@@ -83,6 +86,14 @@ eval: lib
 html: eval
 	d2lbook build html --tab all
 	$(PYTHON) tools/offline_site.py build/html --mathjax $(NODE_MODULES)/mathjax --copy-button static/copy-button.svg
+
+# The book as PDF, one per framework: build/pdf/d2l-vit.pdf (PyTorch) and
+# build/pdf_jax/d2l-vit-jax.pdf (JAX), typeset with XeLaTeX from the notebooks
+# that `make book` evaluated (d2lbook evaluates any that are missing or out of
+# date first).
+pdf: system-deps venv
+	d2lbook build pdf
+	d2lbook build pdf --tab jax
 
 test: system-deps venv js-deps
 	$(PYTHON) -m pytest
