@@ -24,6 +24,7 @@ import urllib.request
 import numpy as np
 
 from d2l_extras import offline_standin
+from d2l_extras.env_switch import env_switch
 from d2l_extras.image_arrays import ImageArrays
 
 OFFLINE_ENV_VAR = 'D2L_VIT_OFFLINE'
@@ -62,8 +63,7 @@ def data_root(root=None):
 
 
 def offline_forced():
-    value = os.environ.get(OFFLINE_ENV_VAR, '').strip().lower()
-    return value not in ('', '0', 'false', 'no', 'off')
+    return env_switch(OFFLINE_ENV_VAR, unset_means=False)
 
 
 def md5sum(path):

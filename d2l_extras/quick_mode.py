@@ -7,26 +7,18 @@ validation examples; the model and every other hyperparameter stay as the text
 says, so a quick run is the full run, only shorter.
 """
 import dataclasses
-import os
+
+from d2l_extras.env_switch import env_switch
 
 ENV_VAR = 'D2L_VIT_QUICK'
 QUICK_MAX_EPOCHS = 2
 QUICK_NUM_TRAIN = 1024
 QUICK_NUM_VAL = 512
 
-_CHOICES = {'1': True, 'true': True, 'yes': True, 'on': True,
-            '0': False, 'false': False, 'no': False, 'off': False}
-
 
 def quick_mode_enabled(has_accelerator):
     """Whether to run in quick mode, from ``D2L_VIT_QUICK`` or the hardware."""
-    value = os.environ.get(ENV_VAR, 'auto').strip().lower()
-    if value in ('', 'auto'):
-        return not has_accelerator
-    if value not in _CHOICES:
-        raise ValueError(f'{ENV_VAR}={value!r} is not understood: use 1 (quick '
-                         'mode), 0 (full settings) or leave it unset (auto)')
-    return _CHOICES[value]
+    return env_switch(ENV_VAR, unset_means=not has_accelerator)
 
 
 @dataclasses.dataclass(frozen=True)
