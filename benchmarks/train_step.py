@@ -126,10 +126,7 @@ def time_jax(config, num_repeats):
     # times it the same way), compiled ahead so compilation is timed apart
     trainer = d2l.Trainer(max_epochs=1, gradient_clip_val=1)
     trainer.prepare_model(model)
-    params = model.init(jax.random.key(0), X)['params']
-    state = d2l.TrainState.create(apply_fn=model.apply, params=params, batch_stats={},
-                                  dropout_rng=jax.random.key(3),
-                                  tx=model.configure_optimizers())
+    state = trainer.init_state(model, jax.random.key(0), batch=(X, y))
     start = time.perf_counter()
     train_step = trainer.make_train_step().lower(state, (X, y)).compile()
     compile_s = time.perf_counter() - start
@@ -142,7 +139,7 @@ def time_jax(config, num_repeats):
         state, loss = jax.block_until_ready(train_step(state, (X, y)))
         times.append(time.perf_counter() - start)
     return dict(times=times, peak_mib=(rss_kib('VmHWM') - before) / 1024, compile_s=compile_s,
-                num_parameters=sum(p.size for p in jax.tree.leaves(params)))
+                num_parameters=sum(p.size for p in jax.tree.leaves(state.params)))
 
 
 def worker(implementation, config_name, num_repeats):

@@ -152,9 +152,13 @@ class Trainer(HyperParameters):
         scale = jax.numpy.minimum(1.0, grad_clip_val / (norm + 1e-12))
         return jax.tree.map(lambda g: g * scale, grads)
 
-    def init_state(self, model, key):
+    def init_state(self, model, key, batch=None):
+        """Parameters, optimizer state and dropout key, initialized for the
+        shapes of `batch` (by default, the first training minibatch)."""
         params_key, dropout_key = jax.random.split(key)
-        dummy_input = self.prepare_batch(next(iter(self.train_dataloader)))[:-1]
+        if batch is None:
+            batch = next(iter(self.train_dataloader))
+        dummy_input = self.prepare_batch(batch)[:-1]
         variables = model.apply_init(
             dummy_input, key={'params': params_key, 'dropout': dropout_key})
         return TrainState.create(

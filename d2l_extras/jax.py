@@ -327,11 +327,7 @@ def time_training_step(model, X, y, num_repeats=5):
     Defined in :numref:`sec_vit-exercise-image-size`"""
     trainer = d2l.Trainer(max_epochs=1, gradient_clip_val=1)
     trainer.prepare_model(model)
-    params_key, dropout_key = jax.random.split(jax.random.key(0))
-    state = d2l.TrainState.create(
-        apply_fn=model.apply, params=model.init(params_key, X)['params'],
-        batch_stats={}, dropout_rng=dropout_key,
-        tx=model.configure_optimizers())
+    state = trainer.init_state(model, jax.random.key(0), batch=(X, y))
     start = time.perf_counter()
     train_step = trainer.make_train_step().lower(state, (X, y)).compile()
     compile_seconds = time.perf_counter() - start
