@@ -87,30 +87,36 @@ def torch_model(implementation, config):
 
 def time_torch(implementation, config, num_repeats):
     import torch
+    from torch import nn
     from torch.nn import functional as F
+    from d2l_extras import torch as extras
     model = torch_model(implementation, config)
+    if implementation == 'timm':
+        class TimmClassifier(nn.Module):
+            """timm's model with the loss and optimizer the library's timer calls."""
+            def __init__(self, vit):
+                super().__init__()
+                self.vit = vit
+
+            def forward(self, X):
+                return self.vit(X)
+
+            def loss(self, Y_hat, Y):
+                return F.cross_entropy(Y_hat, Y)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=LR)
+
+        model = TimmClassifier(model)
     img_size, channels = config[0], config[2]
     X = torch.rand(BATCH_SIZE, channels, img_size, img_size)
     y = torch.randint(0, NUM_CLASSES, (BATCH_SIZE,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    model.train()
-
-    def step():
-        loss = F.cross_entropy(model(X), y)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1)
-        optimizer.step()
-
     peak_rss_reset()
     before = rss_kib('VmRSS')
-    step()  # warm-up
-    times = []
-    for _ in range(num_repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return dict(times=times, peak_mib=(rss_kib('VmHWM') - before) / 1024, compile_s=None,
+    # The exercise on image sizes times the section's model with this too:
+    # forward, loss, backward, clipping, SGD update; a warm-up step first
+    times = extras.time_training_step(model, X, y, num_repeats)
+    return dict(times=list(times), peak_mib=(rss_kib('VmHWM') - before) / 1024, compile_s=None,
                 num_parameters=sum(p.numel() for p in model.parameters()))
 
 
