@@ -380,6 +380,7 @@ def show_patch_sequence(image, patches, figsize=(9, 3.6)):
     """Draw an image cut into patches, and its patches as a token sequence.
 
     Defined in :numref:`sec_vit-what-it-learns`"""
+    d2l.use_svg_display()
     image, patches = np.asarray(image), np.asarray(patches)
     if image.shape[-1] == 1:  # grayscale: drop the channel axis
         image, patches = image[..., 0], patches[..., 0]
@@ -390,7 +391,8 @@ def show_patch_sequence(image, patches, figsize=(9, 3.6)):
     for i in range(len(patches)):  # number the patches in reading order
         row, col = divmod(i, image.shape[1] // p)
         top.text((col + 0.5) * p - 0.5, (row + 0.5) * p - 0.5, str(i),
-                 color='yellow', ha='center', va='center', fontsize=7)
+                 color='yellow', ha='center', va='center', fontsize=7,
+                 bbox=dict(facecolor='black', alpha=0.5, linewidth=0, pad=1))
     top.set_xticks(np.arange(p, image.shape[1], p) - 0.5)
     top.set_yticks(np.arange(p, image.shape[0], p) - 0.5)
     top.grid(color='white', linewidth=1)
@@ -445,6 +447,7 @@ def show_position_similarity(similarity, scale=0.6):
     """Defined in :numref:`sec_vit-what-it-learns`"""
     """Draw one heat map per patch position: its embedding's cosine
     similarity with every position, laid out as the grid of patches."""
+    d2l.use_svg_display()
     similarity = np.asarray(similarity)
     height, width = similarity.shape[:2]
     fig, axes = d2l.plt.subplots(height, width, squeeze=False,
@@ -492,6 +495,7 @@ def show_attention(images, maps, titles, scale=1.2, alpha=0.6):
     """Overlay attention maps on images: one row per image, which comes first,
     then one map per column. `maps` has shape (images, columns, grid height,
     grid width)."""
+    d2l.use_svg_display()
     images, maps = np.asarray(images), np.asarray(maps)
     if images.shape[-1] == 1:  # grayscale: drop the channel axis
         images = images[..., 0]
