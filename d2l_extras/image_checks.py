@@ -63,3 +63,27 @@ def check_position_grid(num_embeddings, num_prefix_tokens, grid_size):
     if num_embeddings != num_prefix_tokens + grid_size[0] * grid_size[1]:
         raise ValueError(f'{num_embeddings} position embeddings do not fit '
                          f'{num_prefix_tokens} + a {tuple(grid_size)} grid')
+
+
+def grid_pair(grid_size):
+    """A grid of patches as a (height, width) pair; an int means a square grid."""
+    return _pair(grid_size, 'grid_size')
+
+
+def check_token_grid(num_tokens, grid_size, num_prefix_tokens=1):
+    """Return ``grid_size`` as a (height, width) pair after checking that
+    ``num_tokens`` tokens are ``num_prefix_tokens`` class tokens followed by
+    one token per patch of that grid."""
+    height, width = grid_pair(grid_size)
+    expected = num_prefix_tokens + height * width
+    if num_tokens != expected:
+        num_patches = num_tokens - num_prefix_tokens
+        side = round(max(num_patches, 0) ** 0.5)
+        hint = (f', such as grid_size={side}' if num_patches > 0 and
+                side * side == num_patches else '')
+        raise ValueError(
+            f'{num_tokens} tokens do not fit {num_prefix_tokens} class token(s) '
+            f'and a {height}x{width} grid of patches, which make {expected}: '
+            f'pass the grid_size of the model that computed them (image size '
+            f'// patch size: {num_patches} patches{hint})')
+    return height, width

@@ -20,7 +20,8 @@ from d2l_extras.fashion_mnist_data import FashionMNISTBatches
 from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
                                       Trainer, TrainState, get_key, get_seed)
-from d2l_extras.image_checks import check_image_batch, check_position_grid, patch_grid
+from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
+                                     grid_pair, patch_grid)
 from d2l_extras.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
                                  show_images, use_svg_display)
 from d2l_extras.torch_to_flax import params_from_torch, params_to_torch
@@ -391,3 +392,201 @@ def shift_and_flip(images, rng, max_shift=0.07):
     flip = rng.random(num_images) < 0.5
     shifted[flip] = shifted[flip, :, ::-1]
     return shifted
+
+def patches_as_sequence(X, patch_size):
+    """Cut NHWC images into the sequence of patches that a ViT reads.
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
+    patch_grid(tuple(X.shape[1:3]), patch_size)  # refuse leftover pixels
+    # Shape: (batch size, no. of patches, patch_size, patch_size, channels)
+    return d2l.patchify(X, patch_size).reshape(
+        X.shape[0], -1, patch_size, patch_size, X.shape[3])
+
+def show_patch_sequence(image, patches, figsize=(9, 3.6)):
+    """Draw an image cut into patches, and its patches as a token sequence.
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
+    d2l.use_svg_display()
+    image, patches = np.asarray(image), np.asarray(patches)
+    if image.shape[-1] == 1:  # grayscale: drop the channel axis
+        image, patches = image[..., 0], patches[..., 0]
+    p, cmap = patches.shape[1], 'gray' if image.ndim == 2 else None
+    fig = d2l.plt.figure(figsize=figsize)
+    top = fig.add_axes([0, 0.3, 1, 0.68])
+    top.imshow(image, cmap=cmap, vmin=0, vmax=1)
+    for i in range(len(patches)):  # number the patches in reading order
+        row, col = divmod(i, image.shape[1] // p)
+        top.text((col + 0.5) * p - 0.5, (row + 0.5) * p - 0.5, str(i),
+                 color='yellow', ha='center', va='center', fontsize=7,
+                 bbox=dict(facecolor='black', alpha=0.5, linewidth=0, pad=1))
+    top.set_xticks(np.arange(p, image.shape[1], p) - 0.5)
+    top.set_yticks(np.arange(p, image.shape[0], p) - 0.5)
+    top.grid(color='white', linewidth=1)
+    top.tick_params(length=0, labelbottom=False, labelleft=False)
+    # The sequence: the patches side by side, with white gaps between them
+    gap = np.ones((p, max(p // 4, 1), *patches.shape[3:]), patches.dtype)
+    strip = np.concatenate([part for patch in patches
+                            for part in (patch, gap)][:-1], axis=1)
+    bottom = fig.add_axes([0, 0, 1, 0.22])
+    bottom.imshow(strip, cmap=cmap, vmin=0, vmax=1)
+    bottom.set_title(f'the sequence of {len(patches)} patch tokens', fontsize=9)
+    bottom.axis('off')
+
+def patch_embedding_components(kernel, num_components=28):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """The first principal components of the patch-embedding filters.
+
+    `kernel` is the patch convolution's kernel, (p, p, channels, num_hiddens):
+    num_hiddens filters, each a point in p * p * channels dimensions. Returns
+    the components shaped like filters, (num_components, p, p, channels), as
+    orthonormal directions, and the fraction of the filters' variance that
+    each explains. A component's sign is arbitrary; we make its largest entry
+    positive, so that both frameworks draw the same pictures."""
+    filters = kernel.reshape(-1, kernel.shape[-1]).T  # one filter per row
+    if not 0 < num_components <= min(filters.shape):
+        raise ValueError(f'num_components={num_components} must be between 1 '
+                         f'and {min(filters.shape)} for {tuple(filters.shape)} '
+                         'filters')
+    filters = filters - filters.mean(axis=0)  # PCA works on centred data
+    _, S, Vt = jnp.linalg.svd(filters, full_matrices=False)
+    components = Vt[:num_components]
+    largest = jnp.take_along_axis(
+        components, jnp.abs(components).argmax(1, keepdims=True), axis=1)
+    explained = S**2 / (S**2).sum()
+    return (components * jnp.sign(largest)).reshape(-1, *kernel.shape[:-1]), \
+        explained[:num_components]
+
+def position_embedding_similarity(pos_embedding, grid_size,
+                                  num_prefix_tokens=1):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """Cosine similarity of each patch position's embedding with every other's.
+
+    `pos_embedding` has shape (1, tokens, num_hiddens); the first
+    `num_prefix_tokens` (the class token) are left out. Returns shape
+    (grid height, grid width, grid height, grid width)."""
+    height, width = check_token_grid(pos_embedding.shape[1], grid_size,
+                                     num_prefix_tokens)
+    P = pos_embedding[0, num_prefix_tokens:]
+    P = P / jnp.linalg.norm(P, axis=-1, keepdims=True)
+    return (P @ P.T).reshape(height, width, height, width)
+
+def show_position_similarity(similarity, scale=0.6):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """Draw one heat map per patch position: its embedding's cosine
+    similarity with every position, laid out as the grid of patches."""
+    d2l.use_svg_display()
+    similarity = np.asarray(similarity)
+    height, width = similarity.shape[:2]
+    fig, axes = d2l.plt.subplots(height, width, squeeze=False,
+                                 figsize=(width * scale + 0.8, height * scale))
+    for i in range(height):
+        for j in range(width):
+            picture = axes[i, j].imshow(similarity[i, j], cmap='viridis',
+                                        vmin=-1, vmax=1)
+            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+    for i in range(height):
+        axes[i, 0].set_ylabel(str(i + 1), rotation=0, labelpad=8)
+    for j in range(width):
+        axes[-1, j].set_xlabel(str(j + 1))
+    fig.supylabel('input patch row'), fig.supxlabel('input patch column')
+    fig.colorbar(picture, ax=axes, shrink=0.8, label='cosine similarity')
+
+def class_token_attention(attention, grid_size):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """The class token's attention to each patch, as the grid of patches.
+
+    `attention` has shape (..., tokens, tokens) with the class token first;
+    returns shape (..., grid height, grid width)."""
+    height, width = check_token_grid(attention.shape[-1], grid_size)
+    return attention[..., 0, 1:].reshape(*attention.shape[:-2], height, width)
+
+def attention_rollout(attention):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """Attention rollout (Abnar and Zuidema, 2020) through all blocks.
+
+    `attention` is a list of (batch size, heads, tokens, tokens) weights, first
+    block first. Heads are averaged; the identity stands for the residual
+    connection. Returns shape (batch size, tokens, tokens)."""
+    if not len(attention):
+        raise ValueError('attention_rollout needs the weights of at least one '
+                         'block: call the model with return_weights=True')
+    rollout = None
+    for A in attention:
+        A = A.mean(axis=1) + jnp.eye(A.shape[-1])
+        A = A / A.sum(axis=-1, keepdims=True)  # rows sum to 1 again
+        rollout = A if rollout is None else A @ rollout
+    return rollout
+
+def show_attention(images, maps, titles, scale=1.2, alpha=0.6):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """Overlay attention maps on images: one row per image, which comes first,
+    then one map per column. `maps` has shape (images, columns, grid height,
+    grid width)."""
+    d2l.use_svg_display()
+    images, maps = np.asarray(images), np.asarray(maps)
+    if images.shape[-1] == 1:  # grayscale: drop the channel axis
+        images = images[..., 0]
+    num_rows, num_cols = maps.shape[0], maps.shape[1] + 1
+    _, axes = d2l.plt.subplots(num_rows, num_cols, squeeze=False,
+                               figsize=(num_cols * scale, num_rows * scale))
+    for image, image_maps, row in zip(images, maps, axes):
+        extent = (0, image.shape[1], image.shape[0], 0)
+        for col, ax in enumerate(row):
+            ax.imshow(image, cmap='gray', extent=extent)
+            if col:
+                ax.imshow(image_maps[col - 1], cmap='inferno', alpha=alpha,
+                          extent=extent)
+            ax.axis('off')
+    for ax, title in zip(axes[0], ['image', *titles]):
+        ax.set_title(title, fontsize=9)
+
+def patch_distances(grid_size, patch_size):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """Distances in pixels between the centres of all pairs of patches, of
+    shape (no. of patches, no. of patches), patches in reading order."""
+    height, width = grid_pair(grid_size)
+    rows, cols = np.divmod(np.arange(height * width), width)
+    centres = patch_size * np.stack((rows, cols), axis=1).astype(np.float32)
+    return np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+
+def mean_attention_distance(attention, grid_size, patch_size):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """The mean attention distance in pixels of each head, shape (heads,).
+
+    `attention` has shape (batch size, heads, tokens, tokens), the class token
+    first. The class token has no place in the image, so its row and column
+    are left out, and each query's weights over the patches are renormalized
+    to sum to 1. Each query's distance is its weighted sum of patch distances;
+    it is averaged over the queries and the batch."""
+    if attention.ndim != 4:
+        raise ValueError(f'expected attention of shape (batch size, heads, '
+                         f'tokens, tokens), got {tuple(attention.shape)}: '
+                         'pass one block\'s weights, not the list of blocks')
+    check_token_grid(attention.shape[-1], grid_size)
+    distances = jnp.asarray(patch_distances(grid_size, patch_size))
+    A = attention[:, :, 1:, 1:]
+    A = A / A.sum(axis=-1, keepdims=True)
+    return (A * distances).sum(axis=-1).mean(axis=(0, 2))
+
+def plot_attention_distance(distances, reference=None, labels=None):
+    """Defined in :numref:`sec_vit-what-it-learns`"""
+    """Scatter each head's mean attention distance against its block's depth.
+
+    `distances` holds one array of shape (heads,) per block, or several such
+    lists (one per model) to compare, named by `labels`."""
+    d2l.use_svg_display()
+    _, ax = d2l.plt.subplots(figsize=(4, 2.8))
+    runs = [distances] if labels is None else distances
+    for k, (run, marker) in enumerate(zip(runs, 'oxs^')):
+        run = np.asarray(run)  # (blocks, heads)
+        depth = np.repeat(np.arange(1, len(run) + 1), run.shape[1])
+        ax.scatter(depth + 0.1 * k, run.ravel(), marker=marker,
+                   label=None if labels is None else labels[k])
+    if reference is not None:
+        ax.axhline(reference, color='gray', linestyle='--',
+                   label='uniform attention')
+    ax.set_xticks(np.arange(1, len(runs[0]) + 1))
+    ax.set_xlabel('block (network depth)')
+    ax.set_ylabel('mean attention distance (pixels)')
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)

@@ -69,6 +69,43 @@ def test_each_exercise_evaluates_in_both_tabs_in_quick_mode(book, page, folder):
         assert expected in text, f'{page} ({folder}) does not print {expected!r}'
 
 
+ANALYSIS = 'chapter_vit/what-vit-learns'
+
+
+def figure_cells(nb):
+    """The code cells whose output the next Markdown cell captions as a figure."""
+    cells = nb['cells']
+    return [cell for cell, caption in zip(cells, cells[1:]) if cell['cell_type'] == 'code'
+            and caption['cell_type'] == 'markdown' and ''.join(caption['source']).startswith('**Figure:**')]
+
+
+def has_image(cell):
+    return any(key.startswith('image/') for out in cell.get('outputs', [])
+               for key in out.get('data', {}))
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+def test_the_analysis_section_evaluates_in_both_tabs_with_every_figure(book, folder):
+    nb = notebook(book, folder, ANALYSIS)
+    text = outputs(nb)  # fails on any error output
+    for expected in ['Quick mode: 2 of 10 epochs', 'validation accuracy', 'the first 28 explain',
+                     'neighbours minus the rest', 'uniform attention: 49.3 pixels', 'block 2:', '(14, 12)']:
+        assert expected in text, f'{ANALYSIS} ({folder}) does not print {expected!r}'
+    figures = figure_cells(nb)
+    assert len(figures) == 8, 'patches, filters, positions, 2 attention, distance, 2 photograph'
+    missing = [''.join(cell['source']).splitlines()[0] for cell in figures if not has_image(cell)]
+    assert not missing, f'{ANALYSIS} ({folder}): no picture from the cells starting {missing}'
+
+
+def test_the_analysis_section_shows_its_figures_in_both_tabs_of_the_html(book):
+    html = (book / 'build' / 'html' / f'{ANALYSIS}.html').read_text()
+    assert html.count('mdl-tabs__tab-bar code') >= 10
+    # 8 captioned figures and the training curves, once per framework
+    assert html.count('<img') >= 2 * 9
+    assert html.count('<strong>Figure:</strong>') == 8
+    assert '>Abnar and Zuidema, 2020</a>' in html and '>Lippe, 2022</a>' in html  # resolved :cite:
+
+
 def test_the_exercises_are_pages_of_the_book_linked_from_the_section(book):
     html = book / 'build' / 'html' / 'chapter_vit'
     section = (html / 'vision-transformer.html').read_text()
