@@ -71,15 +71,21 @@ system-deps:
 lib:
 	d2lbook build lib
 
-# d2lbook evaluates two notebooks at a time on a machine without a GPU. Each
-# PyTorch kernel would start as many threads as there are cores, and two of them
-# fighting over the cores lose a quarter of the throughput on a 2-core machine
-# (benchmarks/book_time.py); so each gets half of the cores. XLA shares the
-# cores well on its own.
+# d2lbook evaluates two notebooks at a time on a machine without a GPU, and
+# two d2lbook processes share those two slots (through locks in /tmp). So both
+# tabs are evaluated at once: no slot idles while one tab's last notebook runs.
+# Each PyTorch kernel gets half of the cores: two kernels each starting a thread
+# per core lost a quarter of the throughput on a 2-core machine; XLA shares the
+# cores well on its own. The logs are printed one after the other at the end.
 EVAL_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 eval: lib
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(EVAL_THREADS)} d2lbook build eval
-	d2lbook build eval --tab jax
+	@mkdir -p build; start=$$SECONDS; \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(EVAL_THREADS)} d2lbook build eval > build/eval_pytorch.log 2>&1 & pytorch_pid=$$!; \
+	jax=0; d2lbook build eval --tab jax > build/eval_jax.log 2>&1 || jax=$$?; \
+	pytorch=0; wait $$pytorch_pid || pytorch=$$?; \
+	cat build/eval_pytorch.log build/eval_jax.log; \
+	echo "=== Both tabs evaluated in $$(( SECONDS - start )) s"; \
+	test $$pytorch = 0 -a $$jax = 0
 
 # Merges both tabs into one site; also writes the Colab notebooks. Then makes
 # the site load nothing from the network (MathJax, icons: see the script).
