@@ -152,6 +152,18 @@ def local_path(base, url):
     return (base / path).resolve() if path else None
 
 
+def url_problem(site, file, url):
+    """What is wrong with `file` (a page or a style sheet) loading `url`, or None."""
+    name = file.relative_to(site)
+    if url.strip().startswith('data:'):
+        return None
+    if is_remote(url):
+        return f'{name} loads {url} from the network'
+    if not local_path(file.parent, url).is_file():
+        return f'{name} loads {url}, which is not in the build'
+    return None
+
+
 def problems_of(site):
     problems = []
     pages = sorted(site.rglob('*.html'))
@@ -160,22 +172,10 @@ def problems_of(site):
     for page in pages:
         parser = Loads()
         parser.feed(page.read_text())
-        for url in filter(None, parser.urls):
-            name = page.relative_to(site)
-            if url.strip().startswith('data:'):
-                continue
-            if is_remote(url):
-                problems.append(f'{name} loads {url} from the network')
-            elif not local_path(page.parent, url).is_file():
-                problems.append(f'{name} loads {url}, which is not in the build')
+        problems += [url_problem(site, page, url) for url in filter(None, parser.urls)]
     for css in sorted(site.rglob('*.css')):
-        for url in css_urls(css.read_text()):
-            if url.strip().startswith('data:'):
-                continue
-            if is_remote(url):
-                problems.append(f'{css.relative_to(site)} loads {url} from the network')
-            elif not local_path(css.parent, url).is_file():
-                problems.append(f'{css.relative_to(site)} loads {url}, which is not in the build')
+        problems += [url_problem(site, css, url) for url in css_urls(css.read_text())]
+    problems = [problem for problem in problems if problem]
     d2l_js = site / '_static' / 'd2l.js'
     for url in re.findall(r'https?://[^\s\'"`)]+', d2l_js.read_text()):
         problems.append(f'_static/d2l.js still names {url}')
