@@ -96,11 +96,12 @@ def torch_model(implementation, config):
     return model
 
 
-def step_flops(config):
-    from d2l_extras import torch as extras
+def step_flops(config, library):
+    """FLOPs of one training step, from the library of the framework measured
+    (both have vit_step_flops), so a JAX worker never imports PyTorch."""
     img_size, patch_size, channels, width, mlp_width, heads, blocks = config
-    return sum(extras.vit_step_flops(img_size, patch_size, width, mlp_width, blocks,
-                                     BATCH_SIZE, channels, NUM_CLASSES))
+    return sum(library.vit_step_flops(img_size, patch_size, width, mlp_width, blocks,
+                                      BATCH_SIZE, channels, NUM_CLASSES))
 
 
 def time_torch(implementation, config, num_repeats, bf16):
@@ -199,10 +200,12 @@ def time_jax(config, num_repeats, bf16):
 def worker(implementation, config_name, num_repeats, bf16):
     config = CONFIGS[config_name]
     if implementation == 'ours (JAX)':
+        from d2l_extras import jax as library
         result = time_jax(config, num_repeats, bf16)
     else:
+        from d2l_extras import torch as library
         result = time_torch(implementation, config, num_repeats, bf16)
-    return dict(result, flops=step_flops(config))
+    return dict(result, flops=step_flops(config, library))
 
 
 def run_in_subprocess(implementation, config_name, num_repeats, bf16):
