@@ -590,3 +590,68 @@ def plot_attention_distance(distances, reference=None, labels=None):
     ax.set_ylabel('mean attention distance (pixels)')
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
+
+kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+class Residual(nn.Module):
+    """The residual block of ResNet, told at call time whether it trains.
+
+    Defined in :numref:`sec_vit-vs-cnn`"""
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: tuple = (1, 1)
+
+    def setup(self):
+        conv = lambda size, **kwargs: nn.Conv(
+            self.num_channels, (size, size), kernel_init=kaiming_normal,
+            **kwargs)
+        self.conv1 = conv(3, strides=self.strides, padding=1)
+        self.conv2 = conv(3, padding=1)
+        self.conv3 = (conv(1, strides=self.strides) if self.use_1x1conv
+                      else None)
+        # PyTorch's defaults: Flax's momentum is the weight of the old value
+        self.bn1 = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+        self.bn2 = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+
+    def __call__(self, X, training=False):
+        Y = nn.relu(self.bn1(self.conv1(X), use_running_average=not training))
+        Y = self.bn2(self.conv2(Y), use_running_average=not training)
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return nn.relu(Y + X)
+
+class ResNet18(d2l.Classifier):
+    """ResNet-18 with the stage widths as a parameter.
+
+    Defined in :numref:`sec_vit-vs-cnn`"""
+    arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
+    lr: float = 0.1
+    num_classes: int = 10
+    num_channels: int = 1
+    small_images: bool = False
+
+    def setup(self):
+        width = self.arch[0][1]
+        if self.small_images:
+            self.stem_conv = nn.Conv(width, (3, 3), padding=1,
+                                     kernel_init=kaiming_normal)
+        else:
+            self.stem_conv = nn.Conv(width, (7, 7), strides=(2, 2), padding=3,
+                                     kernel_init=kaiming_normal)
+        self.stem_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+        self.stages = [
+            [Residual(width, use_1x1conv=downsample,
+                      strides=(2, 2) if downsample else (1, 1))
+             for downsample in [stage > 0] + [False] * (num_blks - 1)]
+            for stage, (num_blks, width) in enumerate(self.arch)]
+        self.head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)
+
+    def __call__(self, X, training=False):
+        X = self.stem_bn(self.stem_conv(X), use_running_average=not training)
+        X = nn.relu(X)
+        if not self.small_images:
+            X = nn.max_pool(X, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage in self.stages:
+            for blk in stage:
+                X = blk(X, training)
+        return self.head(X.mean(axis=(1, 2)))

@@ -568,3 +568,47 @@ def plot_attention_distance(distances, reference=None, labels=None):
     ax.set_ylabel('mean attention distance (pixels)')
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
+
+class ResNet18(d2l.Classifier):
+    """ResNet-18 with the stage widths as a parameter.
+
+    Defined in :numref:`sec_vit-vs-cnn`"""
+    def __init__(self, arch=((2, 64), (2, 128), (2, 256), (2, 512)), lr=0.1,
+                 num_classes=10, num_channels=1, small_images=False):
+        super().__init__()
+        self.save_hyperparameters()
+        width = arch[0][1]
+        if small_images:
+            self.stem = nn.Sequential(
+                nn.LazyConv2d(width, kernel_size=3, padding=1),
+                nn.LazyBatchNorm2d(), nn.ReLU())
+        else:
+            self.stem = nn.Sequential(
+                nn.LazyConv2d(width, kernel_size=7, stride=2, padding=3),
+                nn.LazyBatchNorm2d(), nn.ReLU(),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        self.stages = nn.Sequential(*[
+            nn.Sequential(*[
+                d2l.Residual(width, use_1x1conv=downsample,
+                             strides=2 if downsample else 1)
+                for downsample in [stage > 0] + [False] * (num_blks - 1)])
+            for stage, (num_blks, width) in enumerate(arch)])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.LazyLinear(num_classes))
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        self.eval()  # Create the lazy layers' weights; keep the BN statistics
+        with torch.no_grad():
+            self(torch.zeros(1, self.num_channels, 32, 32))
+        self.train()
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode='fan_out',
+                                        nonlinearity='relu')
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, X):
+        return self.head(self.stages(self.stem(X)))
