@@ -55,7 +55,8 @@ EXERCISES = {
         ['Quick mode: minibatches of 8', 'ms per step', 'c0 =', 'GFLOP/s'],
         {'eval': [], 'eval_jax': ['compiled in']}),
     'chapter_vit/exercise-accuracy': (
-        ['Quick mode: 1 of 10 epochs', '1 of 10 epochs, quick mode', '+ label smoothing'],
+        ['Quick mode: 1 of 10 epochs on at most 512 training', '1 of 10 epochs, quick mode',
+         '+ label smoothing'],
         {'eval': [], 'eval_jax': []}),
 }
 
