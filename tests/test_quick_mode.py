@@ -63,3 +63,13 @@ def test_a_notebook_that_trains_many_models_can_ask_for_fewer_quick_epochs(monke
     assert capsys.readouterr().out.startswith('Quick mode: 1 of 10 epochs')
     monkeypatch.setenv(quick_mode.ENV_VAR, '0')
     assert quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_max_epochs=1).max_epochs == 10
+
+
+def test_a_notebook_can_ask_for_fewer_quick_examples_but_not_more(monkeypatch, capsys):
+    monkeypatch.setenv(quick_mode.ENV_VAR, '1')
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=512)
+    assert size.num_train == 512 and 'at most 512 training' in capsys.readouterr().out
+    monkeypatch.setenv(quick_mode.ENV_VAR, '0')
+    assert quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=512).num_train is None
+    with pytest.raises(ValueError, match='never on more'):
+        quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=4096)
