@@ -35,11 +35,12 @@ class ArrayLoader:
 def image_batch_transform(resize, max_value, channels_last, convert=None,
                           augment=None, seed=0):
     """A transform for (images, labels) batches: ``augment``, resize, scale to
-    [0, 1], add the channel axis (NCHW, or NHWC with ``channels_last``), then
-    ``convert``.
+    [0, 1], lay out as NCHW (or NHWC with ``channels_last``), then ``convert``.
 
-    ``augment(images, rng)`` gets the raw (N, H, W) images and a NumPy random
-    generator seeded with ``seed``, so augmented runs repeat exactly.
+    Grayscale images come as (N, H, W) and get a channel axis of size 1;
+    colour images come as (N, H, W, C). ``augment(images, rng)`` gets the raw
+    images in that shape and a NumPy random generator seeded with ``seed``,
+    so augmented runs repeat exactly.
     """
     convert = convert if convert is not None else (lambda a: a)
     rng = np.random.default_rng(seed)
@@ -48,7 +49,10 @@ def image_batch_transform(resize, max_value, channels_last, convert=None,
         if augment is not None:
             images = augment(images, rng)
         X = resize_images(images, resize) / np.float32(max_value)
-        X = X[..., None] if channels_last else X[:, None]
+        if X.ndim == 3:  # grayscale: add the channel axis
+            X = X[..., None] if channels_last else X[:, None]
+        elif not channels_last:  # colour, (N, H, W, C) -> (N, C, H, W)
+            X = np.ascontiguousarray(X.transpose(0, 3, 1, 2))
         return convert(X), convert(labels)
 
     return transform

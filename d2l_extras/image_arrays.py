@@ -8,8 +8,9 @@ import numpy as np
 class ImageArrays:
     """Training and validation images with their labels.
 
-    Images have shape (N, H, W) and raw pixel values in [0, max_value]; labels
-    are int64 class indices into ``text_labels``.
+    Images have shape (N, H, W) (grayscale) or (N, H, W, C) (colour) and raw
+    pixel values in [0, max_value]; labels are int64 class indices into
+    ``text_labels``.
     """
     name: str
     train_images: np.ndarray
@@ -25,13 +26,20 @@ class ImageArrays:
 
     def subset(self, num_train=None, num_val=None, seed=0):
         """A random subset of at most ``num_train`` and ``num_val`` examples
-        (None keeps them all), the same for the same seed."""
+        (None keeps them all), the same for the same seed.
+
+        Subsets are nested: for the same seed, the first ``n`` examples of one
+        random order, so a smaller ``num_train`` keeps part of the examples
+        of a larger one; and the validation examples do not depend on
+        ``num_train``.
+        """
         rng = np.random.default_rng(seed)
 
         def pick(images, labels, limit):
+            order = rng.permutation(len(labels))  # drawn even if all are kept
             if limit is None or limit >= len(labels):
                 return images, labels
-            keep = np.sort(rng.permutation(len(labels))[:limit])
+            keep = np.sort(order[:limit])
             return images[keep], labels[keep]
 
         train = pick(self.train_images, self.train_labels, num_train)

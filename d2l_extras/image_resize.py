@@ -1,4 +1,4 @@
-"""Resizing grayscale image batches in NumPy, so both tabs see the same pixels.
+"""Resizing image batches in NumPy, so both tabs see the same pixels.
 
 The filter is bilinear with antialiasing, the same as PIL's ``BILINEAR`` and
 torchvision's ``Resize(antialias=True)``: when upsampling it is plain linear
@@ -28,16 +28,21 @@ def resize_matrix(in_size, out_size):
 
 
 def resize_images(images, size):
-    """Resize a batch of images of shape (N, H, W) to (N, *size), float32.
+    """Resize a batch of grayscale images of shape (N, H, W), or of colour
+    images of shape (N, H, W, C), to height and width ``size``, as float32.
 
-    ``size`` is an int or an (height, width) pair.
+    ``size`` is an int or an (height, width) pair. Each channel is resized on
+    its own, with the same filter.
     """
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 3:
-        raise ValueError(f'expected images of shape (N, H, W), got {images.shape}')
-    if images.shape[1:] == (height, width):
+    if images.ndim not in (3, 4):
+        raise ValueError(f'expected images of shape (N, H, W) or (N, H, W, C), '
+                         f'got {images.shape}')
+    if images.shape[1:3] == (height, width):
         return images
     rows = resize_matrix(images.shape[1], height)
     cols = resize_matrix(images.shape[2], width)
+    if images.ndim == 4:
+        return np.einsum('hi,niwc,vw->nhvc', rows, images, cols, optimize=True)
     return np.einsum('hi,niw,vw->nhv', rows, images, cols, optimize=True)

@@ -16,7 +16,7 @@ from flax import linen as nn
 from jax import numpy as jnp
 
 from d2l_extras import quick_mode
-from d2l_extras.fashion_mnist_data import FashionMNISTBatches
+from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
 from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
                                       Trainer, TrainState, get_key, get_seed)
@@ -45,11 +45,12 @@ def num_gpus():
 
 
 def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS,
-             quick_num_train=quick_mode.QUICK_NUM_TRAIN):
+             quick_num_train=quick_mode.QUICK_NUM_TRAIN,
+             quick_num_val=quick_mode.QUICK_NUM_VAL):
     """Epochs and examples for a training cell: quick mode on a machine
     without an accelerator unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
     return quick_mode.run_size(max_epochs, jax.default_backend() != 'cpu', verbose,
-                               quick_max_epochs, quick_num_train)
+                               quick_max_epochs, quick_num_train, quick_num_val)
 
 
 class FashionMNIST(FashionMNISTBatches, DataModule):
@@ -58,6 +59,19 @@ class FashionMNIST(FashionMNISTBatches, DataModule):
     channels_last = True
 
     def __init__(self, batch_size=64, resize=(28, 28), root=None,
+                 num_train=None, num_val=None, augment=None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.load(root, num_train, num_val)
+
+
+class CIFAR10(CIFAR10Batches, DataModule):
+    """CIFAR-10 as NHWC float arrays in [0, 1], with the interface of
+    ``FashionMNIST``: an offline stand-in (the UCI digits in colour), example
+    caps and an optional ``augment(images, rng)`` for the training images."""
+    channels_last = True
+
+    def __init__(self, batch_size=64, resize=(32, 32), root=None,
                  num_train=None, num_val=None, augment=None):
         super().__init__()
         self.save_hyperparameters()

@@ -1,4 +1,4 @@
-"""The offline stand-in for Fashion-MNIST: the UCI handwritten digits.
+"""The offline stand-ins for Fashion-MNIST and CIFAR-10: the UCI handwritten digits.
 
 scikit-learn ships them inside the package (1,797 images of 8x8 pixels with
 values 0..16, 10 classes), so they load with no network. We split them into
@@ -34,3 +34,39 @@ def describe(arrays):
     return (f"scikit-learn's UCI digits, {len(arrays.train_labels)} training and "
             f'{len(arrays.val_labels)} validation images of {height}x{width} '
             f'pixels in {arrays.num_classes} classes, resized like Fashion-MNIST')
+
+
+COLOUR_SEED = 1
+COLOUR_SIZE = 32
+
+
+def load_colour_digits(size=COLOUR_SIZE):
+    """The offline stand-in for CIFAR-10: the digits of ``load_digits`` (same
+    split), each resized to ``size`` x ``size`` pixels and drawn in a random
+    colour on a random background colour, as uint8 RGB images (N, H, W, 3).
+
+    The colours carry no information about the class, and each channel of
+    the digit differs from the background by at least 88 levels, so that
+    every digit stays visible."""
+    from d2l_extras.image_resize import resize_images
+    digits = load_digits()
+    rng = np.random.default_rng(COLOUR_SEED)
+
+    def colour(images):
+        ink = resize_images(images, size)[..., None] / 16  # (N, H, W, 1) in [0, 1]
+        background = rng.integers(0, 256, (len(images), 1, 1, 3))
+        ink_colour = (background + 128 + rng.integers(-40, 41, background.shape)) % 256
+        return np.round(background + (ink_colour - background) * ink).astype(np.uint8)
+
+    return ImageArrays('UCI digits in colour (offline stand-in)',
+                       colour(digits.train_images), digits.train_labels,
+                       colour(digits.val_images), digits.val_labels,
+                       digits.text_labels, 255.0)
+
+
+def describe_colour_digits(arrays):
+    height, width = arrays.train_images.shape[1:3]
+    return (f"scikit-learn's UCI digits, each in a random colour on a random "
+            f'background, {len(arrays.train_labels)} training and '
+            f'{len(arrays.val_labels)} validation images of {height}x{width} '
+            f'pixels in {arrays.num_classes} classes')

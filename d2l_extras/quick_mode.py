@@ -41,16 +41,23 @@ class RunSize:
 
 
 def run_size(max_epochs, has_accelerator, verbose=True,
-             quick_max_epochs=QUICK_MAX_EPOCHS, quick_num_train=QUICK_NUM_TRAIN):
+             quick_max_epochs=QUICK_MAX_EPOCHS, quick_num_train=QUICK_NUM_TRAIN,
+             quick_num_val=QUICK_NUM_VAL):
     """The run size for a training cell that asks for ``max_epochs``.
 
     Prints one line saying which mode this is and how much it trains. A
-    notebook that trains many models may ask for fewer quick epochs or
-    training examples, so that it still builds in minutes on a CPU.
+    notebook that trains many models may ask for fewer quick epochs or fewer
+    quick training and validation examples (at most QUICK_NUM_TRAIN and
+    QUICK_NUM_VAL), so that it still builds in minutes on a CPU.
     """
+    for name, value, limit in [('quick_num_train', quick_num_train, QUICK_NUM_TRAIN),
+                               ('quick_num_val', quick_num_val, QUICK_NUM_VAL)]:
+        if not 0 < value <= limit:
+            raise ValueError(f'{name}={value} is outside 1..{limit}: quick mode may '
+                             'use fewer examples, never more')
     if quick_mode_enabled(has_accelerator):
         size = RunSize(True, min(max_epochs, quick_max_epochs), max_epochs,
-                       quick_num_train, QUICK_NUM_VAL)
+                       quick_num_train, quick_num_val)
     else:
         size = RunSize(False, max_epochs, max_epochs)
     if verbose:

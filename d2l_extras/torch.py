@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2l_extras import quick_mode
-from d2l_extras.fashion_mnist_data import FashionMNISTBatches
+from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
 from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
                                      grid_pair, patch_grid)
 from d2l_extras.timm_import import vit_from_timm
@@ -25,11 +25,12 @@ extras = sys.modules[__name__]
 
 
 def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS,
-             quick_num_train=quick_mode.QUICK_NUM_TRAIN):
+             quick_num_train=quick_mode.QUICK_NUM_TRAIN,
+             quick_num_val=quick_mode.QUICK_NUM_VAL):
     """Epochs and examples for a training cell: quick mode on a machine
     without a GPU unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
     return quick_mode.run_size(max_epochs, torch.cuda.is_available(), verbose,
-                               quick_max_epochs, quick_num_train)
+                               quick_max_epochs, quick_num_train, quick_num_val)
 
 
 class FashionMNIST(FashionMNISTBatches, d2l.DataModule):
@@ -39,6 +40,20 @@ class FashionMNIST(FashionMNISTBatches, d2l.DataModule):
     this one keeps its interface and adds the stand-in, example caps and an
     optional ``augment(images, rng)`` for the training images."""
     def __init__(self, batch_size=64, resize=(28, 28), root=None,
+                 num_train=None, num_val=None, augment=None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.load(root, num_train, num_val)
+
+    def convert(self, array):
+        return torch.from_numpy(array)
+
+
+class CIFAR10(CIFAR10Batches, d2l.DataModule):
+    """CIFAR-10 as NCHW float tensors in [0, 1], with the interface of
+    ``FashionMNIST``: an offline stand-in (the UCI digits in colour), example
+    caps and an optional ``augment(images, rng)`` for the training images."""
+    def __init__(self, batch_size=64, resize=(32, 32), root=None,
                  num_train=None, num_val=None, augment=None):
         super().__init__()
         self.save_hyperparameters()

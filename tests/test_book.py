@@ -142,3 +142,37 @@ def test_colab_notebooks_start_with_their_install_cell(book, folder, needs_d2l):
     install = next(''.join(cell['source']) for cell in nb['cells'] if cell['cell_type'] == 'code')
     assert 'pip install "d2l-extras @ git+https://github.com/' in install
     assert ('pip install d2l==1.0.3 --no-deps' in install) is needs_d2l
+
+
+VIT_VS_CNN = 'chapter_vit/vit-vs-cnn'
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+def test_the_vit_vs_cnn_page_evaluates_in_both_tabs_with_every_figure(book, folder):
+    nb = notebook(book, folder, VIT_VS_CNN)
+    text = outputs(nb)  # fails on any error output
+    for expected in ['ViT: 6,458,890 parameters', 'ResNet-18: 6,291,754 parameters',  # of similar size
+                     'ViT: 3,190,538 parameters', 'ResNet-18: 2,799,114 parameters',
+                     'Quick mode: 2 of 10 epochs on at most 256 training and 128 validation',
+                     'Quick mode: 1 of 20 epochs on at most 256 training and 128 validation',
+                     'Fashion-MNIST is not available offline', 'CIFAR-10 is not available offline',
+                     'UCI digits, each in a random colour', '[26, 77]']:
+        assert expected in text, f'{VIT_VS_CNN} ({folder}) does not print {expected!r}'
+    # The table of final accuracies: both models, at the three training-set sizes
+    rows = re.findall(r'^(26|77|256) +(\d\.\d{3}) +(\d\.\d{3})$', text, re.MULTILINE)
+    assert [row[0] for row in rows] == ['26', '77', '256']
+    assert all(0 <= float(acc) <= 1 for row in rows for acc in row[1:])
+    for dataset in ['UCI digits (offline stand-in)', 'UCI digits in colour (offline stand-in)']:
+        for model in ['ViT', 'ResNet-18']:
+            assert re.search(rf'{model}: validation accuracy \d\.\d{{3}} on {re.escape(dataset)}', text)
+    figures = figure_cells(nb)
+    assert len(figures) == 4, 'Fashion-MNIST curves, accuracy against data size, CIFAR-10 images and curves'
+    missing = [''.join(cell['source']).splitlines()[0] for cell in figures if not has_image(cell)]
+    assert not missing, f'{VIT_VS_CNN} ({folder}): no picture from the cells starting {missing}'
+
+
+def test_the_vit_vs_cnn_page_shows_its_figures_and_citations_in_the_html(book):
+    html = (book / 'build' / 'html' / f'{VIT_VS_CNN}.html').read_text()
+    assert html.count('mdl-tabs__tab-bar code') >= 10
+    assert html.count('<strong>Figure:</strong>') == 4
+    assert '>Krizhevsky, 2009</a>' in html and '>Lippe, 2022</a>' in html  # resolved :cite:

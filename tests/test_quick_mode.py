@@ -65,10 +65,15 @@ def test_a_notebook_that_trains_many_models_can_ask_for_fewer_quick_epochs(monke
     assert quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_max_epochs=1).max_epochs == 10
 
 
-def test_a_notebook_that_trains_many_models_can_ask_for_fewer_quick_examples(monkeypatch, capsys):
+def test_a_notebook_can_ask_for_fewer_quick_examples_but_not_more(monkeypatch, capsys):
     monkeypatch.setenv(quick_mode.ENV_VAR, '1')
-    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=512)
-    assert (size.max_epochs, size.num_train, size.num_val) == (2, 512, quick_mode.QUICK_NUM_VAL)
-    assert 'at most 512 training and 512 validation examples' in capsys.readouterr().out
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=512,
+                               quick_num_val=128)
+    assert (size.num_train, size.num_val) == (512, 128)
+    assert 'at most 512 training and 128 validation' in capsys.readouterr().out
     monkeypatch.setenv(quick_mode.ENV_VAR, '0')
     assert quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=512).num_train is None
+    with pytest.raises(ValueError, match='quick_num_train=4096 is outside 1..1024'):
+        quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=4096)
+    with pytest.raises(ValueError, match='quick_num_val=0 is outside 1..512: .* never more'):
+        quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_val=0)
