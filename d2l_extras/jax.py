@@ -44,11 +44,12 @@ def num_gpus():
         return 0
 
 
-def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS):
+def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS,
+             quick_num_train=quick_mode.QUICK_NUM_TRAIN):
     """Epochs and examples for a training cell: quick mode on a machine
     without an accelerator unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
     return quick_mode.run_size(max_epochs, jax.default_backend() != 'cpu', verbose,
-                               quick_max_epochs)
+                               quick_max_epochs, quick_num_train)
 
 
 class FashionMNIST(FashionMNISTBatches, DataModule):

@@ -41,16 +41,19 @@ class RunSize:
 
 
 def run_size(max_epochs, has_accelerator, verbose=True,
-             quick_max_epochs=QUICK_MAX_EPOCHS):
+             quick_max_epochs=QUICK_MAX_EPOCHS, quick_num_train=QUICK_NUM_TRAIN):
     """The run size for a training cell that asks for ``max_epochs``.
 
     Prints one line saying which mode this is and how much it trains. A
-    notebook that trains many models may ask for fewer quick epochs, so that
-    it still builds in minutes on a CPU.
+    notebook that trains many models may ask for fewer quick epochs or fewer
+    quick training examples, so that it still builds in minutes on a CPU.
     """
+    if not (isinstance(quick_num_train, int) and 0 < quick_num_train <= QUICK_NUM_TRAIN):
+        raise ValueError(f'quick_num_train={quick_num_train!r}: quick mode trains on at most '
+                         f'{QUICK_NUM_TRAIN} examples; ask for a whole number from 1 to that')
     if quick_mode_enabled(has_accelerator):
         size = RunSize(True, min(max_epochs, quick_max_epochs), max_epochs,
-                       QUICK_NUM_TRAIN, QUICK_NUM_VAL)
+                       quick_num_train, QUICK_NUM_VAL)
     else:
         size = RunSize(False, max_epochs, max_epochs)
     if verbose:

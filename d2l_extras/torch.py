@@ -24,11 +24,12 @@ from d2l_extras.timm_import import vit_from_timm
 extras = sys.modules[__name__]
 
 
-def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS):
+def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS,
+             quick_num_train=quick_mode.QUICK_NUM_TRAIN):
     """Epochs and examples for a training cell: quick mode on a machine
     without a GPU unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
     return quick_mode.run_size(max_epochs, torch.cuda.is_available(), verbose,
-                               quick_max_epochs)
+                               quick_max_epochs, quick_num_train)
 
 
 class FashionMNIST(FashionMNISTBatches, d2l.DataModule):

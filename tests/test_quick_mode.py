@@ -63,3 +63,19 @@ def test_a_notebook_that_trains_many_models_can_ask_for_fewer_quick_epochs(monke
     assert capsys.readouterr().out.startswith('Quick mode: 1 of 10 epochs')
     monkeypatch.setenv(quick_mode.ENV_VAR, '0')
     assert quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_max_epochs=1).max_epochs == 10
+
+
+def test_a_notebook_that_trains_many_models_can_ask_for_fewer_quick_examples(monkeypatch, capsys):
+    monkeypatch.setenv(quick_mode.ENV_VAR, '1')
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_max_epochs=1,
+                               quick_num_train=512)
+    assert (size.max_epochs, size.num_train, size.num_val) == (1, 512, quick_mode.QUICK_NUM_VAL)
+    assert 'on at most 512 training' in capsys.readouterr().out
+    monkeypatch.setenv(quick_mode.ENV_VAR, '0')  # the full settings train on everything
+    assert quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=512).num_train is None
+
+
+@pytest.mark.parametrize('quick_num_train', [0, 2048, 100.5])
+def test_quick_examples_beyond_the_cap_are_refused(quick_num_train):
+    with pytest.raises(ValueError, match='at most 1024 examples'):
+        quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=quick_num_train)
