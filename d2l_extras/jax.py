@@ -669,7 +669,7 @@ def average_heads(class_logits, dist_logits):
     return jax.nn.logsumexp(log_probs, axis=0) - math.log(2)
 
 def check_distillation(distillation, temperature, teacher_weight):
-    """Raise a ValueError that names the problem for bad distillation settings.
+    """Raise a ValueError, naming the problem, for bad distillation settings.
 
     Defined in :numref:`sec_deit`"""
     if distillation not in ('hard', 'soft', 'none'):

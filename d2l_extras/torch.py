@@ -623,7 +623,7 @@ def average_heads(class_logits, dist_logits):
     return torch.logsumexp(log_probs, dim=0) - math.log(2)
 
 def check_distillation(distillation, temperature, teacher_weight):
-    """Raise a ValueError that names the problem for bad distillation settings.
+    """Raise a ValueError, naming the problem, for bad distillation settings.
 
     Defined in :numref:`sec_deit`"""
     if distillation not in ('hard', 'soft', 'none'):
@@ -655,7 +655,8 @@ class DistillationViT(extras.ViT):
             raise ValueError('DistillationViT reads the class token: pool must '
                              f"be 'cls', got {self.pool!r}")
         num_patches = self.patch_embedding.num_patches
-        self.dist_token = nn.Parameter(0.02 * torch.randn(1, 1, self.num_hiddens))
+        self.dist_token = nn.Parameter(
+            0.02 * torch.randn(1, 1, self.num_hiddens))
         self.pos_embedding = nn.Parameter(
             0.02 * torch.randn(1, num_patches + 2, self.num_hiddens))
         self.head_dist = nn.Linear(self.num_hiddens, self.num_classes)
@@ -731,8 +732,8 @@ def head_accuracies(model, data):
         for X, y in data.val_dataloader():
             X, y = X.to(device), y.to(device)
             class_logits, dist_logits = model.heads(X)
-            for i, logits in enumerate((class_logits, dist_logits, average_heads(
-                    class_logits, dist_logits))):
+            average = average_heads(class_logits, dist_logits)
+            for i, logits in enumerate((class_logits, dist_logits, average)):
                 correct[i] += (logits.argmax(dim=1) == y).sum().item()
             total += len(y)
     return (correct / total).tolist()
