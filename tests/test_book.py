@@ -150,7 +150,7 @@ DEIT = 'chapter_vit/deit'
 def test_the_deit_section_evaluates_in_both_tabs_with_every_figure(book, folder):
     nb = notebook(book, folder, DEIT)
     text = outputs(nb)  # fails on any error output
-    for expected in ['Quick mode: 1 of 10 epochs on at most 256 training', 'teacher: 6,291,754 parameters',
+    for expected in ['Quick mode: 1 of 10 epochs on at most 128 training', 'teacher: 6,291,754 parameters',
                      'student 6,465,044 parameters, ViT 6,458,890, difference 6,154',
                      "got 'medium'", 'the temperature must be positive', 'between 0 and 1',
                      'class head dist. head', 'no teacher', 'hard distillation', 'soft distillation',
