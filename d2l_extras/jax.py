@@ -6,9 +6,12 @@ with the same names and signatures. The part above the WARNING marker is
 written by hand; the part below is the chapter's ``#@save`` code, written by
 ``d2lbook build lib``.
 """
+import math
 import sys
 import time
+from typing import Any, Callable
 
+import flax
 import jax
 import numpy as np
 import optax
@@ -670,3 +673,176 @@ class ResNet18(d2l.Classifier):
             for blk in stage:
                 X = blk(X, training)
         return self.head(X.mean(axis=(1, 2)))
+
+def average_heads(class_logits, dist_logits):
+    """Logits whose softmax is the mean of the two heads' softmax outputs.
+
+    Defined in :numref:`sec_deit`"""
+    log_probs = jnp.stack((jax.nn.log_softmax(class_logits, axis=-1),
+                           jax.nn.log_softmax(dist_logits, axis=-1)))
+    return jax.nn.logsumexp(log_probs, axis=0) - math.log(2)
+
+def check_distillation(distillation, temperature, teacher_weight):
+    """Raise a ValueError, naming the problem, for bad distillation settings.
+
+    Defined in :numref:`sec_deit`"""
+    if distillation not in ('hard', 'soft', 'none'):
+        raise ValueError("distillation must be 'hard', 'soft' or 'none' "
+                         f'(no teacher), got {distillation!r}')
+    if not temperature > 0:
+        raise ValueError(f'the temperature must be positive, got {temperature}'
+                         ': 1 keeps the softmax as it is, larger softens it')
+    if not 0 <= teacher_weight <= 1:
+        raise ValueError('teacher_weight is the weight of the distillation '
+                         f'head\'s loss, between 0 and 1; got {teacher_weight}')
+
+class DistillationViT(d2l.ViT):
+    """The ViT with a distillation token and a second head (DeiT).
+
+    Defined in :numref:`sec_deit`"""
+    distillation: str = 'hard'
+    temperature: float = 3.0
+    teacher_weight: float = 0.5
+
+    def __post_init__(self):
+        check_distillation(self.distillation, self.temperature,
+                           self.teacher_weight)
+        super().__post_init__()
+
+    def setup(self):
+        if self.pool != 'cls':
+            raise ValueError('DistillationViT reads the class token: pool must '
+                             f"be 'cls', got {self.pool!r}")
+        self.patch_embedding = d2l.PatchEmbedding(
+            self.img_size, self.patch_size, self.num_hiddens, self.num_channels)
+        num_patches = math.prod(
+            d2l.patch_grid(self.img_size, self.patch_size)[2])
+        self.cls_token = self.param('cls_token', nn.initializers.zeros,
+                                    (1, 1, self.num_hiddens))
+        self.dist_token = self.param('dist_token',
+                                     nn.initializers.normal(stddev=0.02),
+                                     (1, 1, self.num_hiddens))
+        self.pos_embedding = self.param(
+            'pos_embedding', nn.initializers.normal(stddev=0.02),
+            (1, num_patches + 2, self.num_hiddens))
+        self.dropout = nn.Dropout(self.emb_dropout)
+        self.blks = [d2l.ViTBlock(self.num_hiddens, self.mlp_num_hiddens,
+                                  self.num_heads, self.blk_dropout,
+                                  self.use_bias) for _ in range(self.num_blks)]
+        self.head = nn.Sequential([
+            nn.LayerNorm(epsilon=1e-6),
+            nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)])
+        self.head_dist = nn.Dense(self.num_classes,
+                                  kernel_init=nn.initializers.zeros)
+
+    def encode(self, X, training=False):
+        """The tokens after the position embeddings and after each block."""
+        X = self.patch_embedding(X)
+        prefix = jnp.concatenate((self.cls_token, self.dist_token), axis=1)
+        X = jnp.concatenate(
+            (jnp.broadcast_to(prefix, (X.shape[0], 2, X.shape[2])), X), axis=1)
+        outputs = [self.dropout(X + self.pos_embedding,
+                                deterministic=not training)]
+        for blk in self.blks:
+            outputs.append(blk(outputs[-1], training))
+        return outputs
+
+    def heads(self, X, training=False):
+        """The logits of the class head and of the distillation head."""
+        X = self.head.layers[0](self.encode(X, training)[-1][:, :2])
+        return self.head.layers[1](X[:, 0]), self.head_dist(X[:, 1])
+
+    def __call__(self, X, training=False):
+        return average_heads(*self.heads(X, training))
+
+    def training_step(self, params, batch, state):
+        """Defined in :numref:`sec_deit`"""
+        X, y = batch
+        teacher_logits = None
+        if self.distillation != 'none':  # in evaluation mode: training=False
+            teacher_logits = state.teacher_apply_fn(state.teacher_variables, X)
+    
+        def loss(params):
+            class_logits, dist_logits = state.apply_fn(
+                {'params': params}, X, training=state.training,
+                rngs={'dropout': state.dropout_rng}, method='heads')
+            return distillation_loss(class_logits, dist_logits, y, teacher_logits,
+                                     self.distillation, self.temperature,
+                                     self.teacher_weight), {}
+    
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+def distillation_loss(class_logits, dist_logits, labels, teacher_logits,
+                      distillation='hard', temperature=3.0,
+                      teacher_weight=0.5):
+    """DeiT's objective for a student with a class and a distillation head.
+
+    Defined in :numref:`sec_deit`"""
+    check_distillation(distillation, temperature, teacher_weight)
+    cross_entropy = lambda logits, labels: \
+        optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    class_loss = cross_entropy(class_logits, labels)
+    if distillation == 'none':  # The distillation head learns the labels
+        dist_loss = cross_entropy(dist_logits, labels)
+    elif distillation == 'hard':  # ... the teacher's decisions
+        dist_loss = cross_entropy(dist_logits, teacher_logits.argmax(axis=-1))
+    else:  # KL(teacher || student) at temperature tau, mean over examples
+        log_p = jax.nn.log_softmax(
+            jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
+        log_q = jax.nn.log_softmax(dist_logits / temperature, axis=-1)
+        dist_loss = temperature**2 * (
+            jnp.exp(log_p) * (log_p - log_q)).sum(axis=-1).mean()
+    return (1 - teacher_weight) * class_loss + teacher_weight * dist_loss
+
+class DistillationState(d2l.TrainState):
+    """The train state of a student, with its teacher's fixed variables.
+
+    Defined in :numref:`sec_deit`"""
+    teacher_variables: Any = None
+    teacher_apply_fn: Callable = flax.struct.field(pytree_node=False,
+                                                   default=None)
+
+
+class DistillationTrainer(d2l.Trainer):
+    """A trainer whose students learn from a fixed teacher.
+
+    Defined in :numref:`sec_deit`"""
+    def __init__(self, teacher, teacher_variables, max_epochs, num_gpus=0,
+                 gradient_clip_val=0):
+        super().__init__(max_epochs, num_gpus, gradient_clip_val)
+        self.teacher, self.teacher_variables = teacher, teacher_variables
+
+    def init_state(self, model, key, batch=None):
+        state = super().init_state(model, key, batch)
+        # A copy: the compiled step donates the state's buffers to its output
+        return DistillationState.create(
+            apply_fn=state.apply_fn, params=state.params, tx=state.tx,
+            batch_stats=state.batch_stats, dropout_rng=state.dropout_rng,
+            teacher_variables=jax.tree.map(jnp.copy, self.teacher_variables),
+            teacher_apply_fn=self.teacher.apply)
+
+def head_accuracies(model, params, data):
+    """Defined in :numref:`sec_deit`"""
+    """Validation accuracy of the class head, the distillation head and of
+    the mean of their softmax outputs."""
+    @jax.jit  # the parameters are an argument, not constants in the program
+    def count_correct(params, X, y):
+        class_logits, dist_logits = model.apply({'params': params}, X,
+                                                method='heads')
+        return jnp.stack([(logits.argmax(axis=1) == y).sum() for logits in (
+            class_logits, dist_logits, average_heads(class_logits,
+                                                     dist_logits))])
+    correct, total = np.zeros(3), 0
+    for X, y in data.val_dataloader():
+        correct += np.asarray(count_correct(params, X, y))
+        total += len(y)
+    return (correct / total).tolist()
+
+def token_similarity(model, params, X):
+    """Defined in :numref:`sec_deit`"""
+    """Mean cosine similarity of the class and distillation tokens, after the
+    position embeddings and after each block."""
+    cosine = lambda a, b: (a * b).sum(-1) / (
+        jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
+    return [float(cosine(Z[:, 0], Z[:, 1]).mean()) for Z in model.apply(
+        {'params': params}, X, method='encode')]

@@ -628,3 +628,136 @@ class ResNet18(d2l.Classifier):
 
     def forward(self, X):
         return self.head(self.stages(self.stem(X)))
+
+def average_heads(class_logits, dist_logits):
+    """Logits whose softmax is the mean of the two heads' softmax outputs.
+
+    Defined in :numref:`sec_deit`"""
+    log_probs = torch.stack((F.log_softmax(class_logits, dim=-1),
+                             F.log_softmax(dist_logits, dim=-1)))
+    return torch.logsumexp(log_probs, dim=0) - math.log(2)
+
+def check_distillation(distillation, temperature, teacher_weight):
+    """Raise a ValueError, naming the problem, for bad distillation settings.
+
+    Defined in :numref:`sec_deit`"""
+    if distillation not in ('hard', 'soft', 'none'):
+        raise ValueError("distillation must be 'hard', 'soft' or 'none' "
+                         f'(no teacher), got {distillation!r}')
+    if not temperature > 0:
+        raise ValueError(f'the temperature must be positive, got {temperature}'
+                         ': 1 keeps the softmax as it is, larger softens it')
+    if not 0 <= teacher_weight <= 1:
+        raise ValueError('teacher_weight is the weight of the distillation '
+                         f'head\'s loss, between 0 and 1; got {teacher_weight}')
+
+class DistillationViT(extras.ViT):
+    """The ViT with a distillation token and a second head (DeiT).
+
+    Defined in :numref:`sec_deit`"""
+    def __init__(self, *args, distillation='hard', temperature=3.0,
+                 teacher_weight=0.5, **kwargs):
+        check_distillation(distillation, temperature, teacher_weight)
+        super().__init__(*args, **kwargs)
+        self.distillation, self.temperature = distillation, temperature
+        self.teacher_weight = teacher_weight
+
+    def initialize_weights(self):
+        # ViT.__init__ calls this once its layers exist: first add the
+        # distillation token, a position embedding for both tokens and the
+        # patches, and the distillation head
+        if self.pool != 'cls':
+            raise ValueError('DistillationViT reads the class token: pool must '
+                             f"be 'cls', got {self.pool!r}")
+        num_patches = self.patch_embedding.num_patches
+        self.dist_token = nn.Parameter(
+            0.02 * torch.randn(1, 1, self.num_hiddens))
+        self.pos_embedding = nn.Parameter(
+            0.02 * torch.randn(1, num_patches + 2, self.num_hiddens))
+        self.head_dist = nn.Linear(self.num_hiddens, self.num_classes)
+        super().initialize_weights()  # Xavier everywhere, zero class head
+        nn.init.zeros_(self.head_dist.weight)
+
+    def encode(self, X):
+        """The tokens after the position embeddings and after each block."""
+        X = self.patch_embedding(X)
+        prefix = torch.cat((self.cls_token, self.dist_token), dim=1)
+        X = torch.cat((prefix.expand(X.shape[0], -1, -1), X), dim=1)
+        outputs = [self.dropout(X + self.pos_embedding)]
+        for blk in self.blks:
+            outputs.append(blk(outputs[-1]))
+        return outputs
+
+    def heads(self, X):
+        """The logits of the class head and of the distillation head."""
+        X = self.head[0](self.encode(X)[-1][:, :2])  # the shared layer norm
+        return self.head[1](X[:, 0]), self.head_dist(X[:, 1])
+
+    def forward(self, X):
+        return average_heads(*self.heads(X))
+
+    def training_step(self, batch):
+        """Defined in :numref:`sec_deit`"""
+        X, y = batch
+        teacher_logits = None
+        if self.distillation != 'none':
+            with torch.no_grad():  # the teacher only predicts
+                teacher_logits = self.trainer.teacher(X)
+        loss = distillation_loss(*self.heads(X), y, teacher_logits,
+                                 self.distillation, self.temperature,
+                                 self.teacher_weight)
+        self.plot('loss', loss, train=True)
+        return loss
+
+def distillation_loss(class_logits, dist_logits, labels, teacher_logits,
+                      distillation='hard', temperature=3.0,
+                      teacher_weight=0.5):
+    """DeiT's objective for a student with a class and a distillation head.
+
+    Defined in :numref:`sec_deit`"""
+    check_distillation(distillation, temperature, teacher_weight)
+    class_loss = F.cross_entropy(class_logits, labels)
+    if distillation == 'none':  # The distillation head learns the labels
+        dist_loss = F.cross_entropy(dist_logits, labels)
+    elif distillation == 'hard':  # ... the teacher's decisions
+        dist_loss = F.cross_entropy(dist_logits, teacher_logits.argmax(dim=-1))
+    else:  # KL(teacher || student) at temperature tau, mean over examples
+        dist_loss = temperature**2 * F.kl_div(
+            F.log_softmax(dist_logits / temperature, dim=-1),
+            F.log_softmax(teacher_logits.detach() / temperature, dim=-1),
+            reduction='batchmean', log_target=True)
+    return (1 - teacher_weight) * class_loss + teacher_weight * dist_loss
+
+class DistillationTrainer(d2l.Trainer):
+    """A trainer whose students learn from a fixed teacher.
+
+    Defined in :numref:`sec_deit`"""
+    def __init__(self, teacher, max_epochs, num_gpus=0, gradient_clip_val=0):
+        super().__init__(max_epochs, num_gpus, gradient_clip_val)
+        self.teacher = teacher.eval()  # batch norm: the running statistics
+
+def head_accuracies(model, data):
+    """Defined in :numref:`sec_deit`"""
+    """Validation accuracy of the class head, the distillation head and of
+    the mean of their softmax outputs."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct, total = torch.zeros(3), 0
+    with torch.no_grad():
+        for X, y in data.val_dataloader():
+            X, y = X.to(device), y.to(device)
+            class_logits, dist_logits = model.heads(X)
+            average = average_heads(class_logits, dist_logits)
+            for i, logits in enumerate((class_logits, dist_logits, average)):
+                correct[i] += (logits.argmax(dim=1) == y).sum().item()
+            total += len(y)
+    return (correct / total).tolist()
+
+def token_similarity(model, X):
+    """Defined in :numref:`sec_deit`"""
+    """Mean cosine similarity of the class and distillation tokens, after the
+    position embeddings and after each block."""
+    model.eval()
+    with torch.no_grad():
+        return [float(F.cosine_similarity(Z[:, 0], Z[:, 1], dim=-1).mean())
+                for Z in model.encode(X)]

@@ -7,6 +7,9 @@ becomes Flax's (h, w, in, out) kernel. The images change layout too, NCHW to
 NHWC, which is the caller's business. ViTAttention's qkv layer needs nothing
 special: both tabs split its 3 * num_hiddens outputs the same way (queries,
 keys, values, then heads), so its weight transposes like any linear layer's.
+DeiT's student (DistillationViT) needs no rule of its own either: its
+distillation token is a top-level parameter like the class token, and its
+second head ``head_dist`` a linear layer of the same name in both tabs.
 """
 from collections.abc import Mapping
 

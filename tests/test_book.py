@@ -176,3 +176,35 @@ def test_the_vit_vs_cnn_page_shows_its_figures_and_citations_in_the_html(book):
     assert html.count('mdl-tabs__tab-bar code') >= 10
     assert html.count('<strong>Figure:</strong>') == 4
     assert '>Krizhevsky, 2009</a>' in html and '>Lippe, 2022</a>' in html  # resolved :cite:
+
+
+DEIT = 'chapter_vit/deit'
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+def test_the_deit_section_evaluates_in_both_tabs_with_every_figure(book, folder):
+    nb = notebook(book, folder, DEIT)
+    text = outputs(nb)  # fails on any error output
+    for expected in ['Quick mode: 1 of 10 epochs on at most 128 training', 'teacher: 6,291,754 parameters',
+                     'student 6,465,044 parameters, ViT 6,458,890, difference 6,154',
+                     "got 'medium'", 'the temperature must be positive', 'between 0 and 1',
+                     'class head dist. head', 'no teacher', 'hard distillation', 'soft distillation',
+                     'teacher (ResNet-18)', 'quick mode)', 'embeddings', 'block 2']:
+        assert expected in text, f'{DEIT} ({folder}) does not print {expected!r}'
+    # The losses agree with their values computed by hand
+    checks = re.findall(r': (\d+\.\d{4}) \(by hand (\d+\.\d{4})\)', text)
+    assert len(checks) == 3 and all(loss == by_hand for loss, by_hand in checks), checks
+    figures = figure_cells(nb)
+    assert len(figures) == 3, 'curves, accuracy of the heads, token similarity'
+    missing = [''.join(cell['source']).splitlines()[0] for cell in figures if not has_image(cell)]
+    assert not missing, f'{DEIT} ({folder}): no picture from the cells starting {missing}'
+
+
+def test_the_deit_section_is_in_the_book_with_its_diagram_and_references(book):
+    html = (book / 'build' / 'html' / f'{DEIT}.html').read_text()
+    assert html.count('mdl-tabs__tab-bar code') >= 10
+    assert html.count('<strong>Figure:</strong>') == 3
+    assert 'deit.svg' in html and (book / 'build' / 'html' / '_images' / 'deit.svg').exists()
+    assert 'Touvron <em>et al.</em>, 2021' in html and 'Hinton <em>et al.</em>, 2015' in html
+    chapter = (book / 'build' / 'html' / 'chapter_vit' / 'index.html').read_text()
+    assert 'href="deit.html' in chapter
