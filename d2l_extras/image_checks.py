@@ -87,3 +87,37 @@ def check_token_grid(num_tokens, grid_size, num_prefix_tokens=1):
             f'pass the grid_size of the model that computed them (image size '
             f'// patch size: {num_patches} patches{hint})')
     return height, width
+
+
+def check_window_grid(grid_size, window_size):
+    """Return the grid of tokens as a (height, width) pair after checking that
+    windows of ``window_size`` x ``window_size`` tokens tile it exactly."""
+    height, width = grid_pair(grid_size)
+    if not isinstance(window_size, int) or window_size <= 0:
+        raise ValueError(f'window_size must be a positive int, got {window_size!r}')
+    if height % window_size or width % window_size:
+        divisors = [m for m in range(2, min(height, width) + 1)
+                    if height % m == 0 and width % m == 0]
+        nearest = sorted(sorted(divisors, key=lambda m: abs(m - window_size))[:2])
+        hint = (f'a window size that divides both (such as '
+                f'{" or ".join(map(str, nearest))})' if divisors else
+                'another window size')
+        raise ValueError(
+            f'a {height}x{width} grid of tokens does not split into windows of '
+            f'{window_size}x{window_size} tokens: choose {hint}, or an image '
+            f'size whose grid of tokens is a multiple of {window_size} on each '
+            'side.')
+    return height, width
+
+
+def merged_grid(grid_size):
+    """The grid of tokens after patch merging, which joins each 2x2 group of
+    neighbouring tokens into one; refuses odd sides, which would drop tokens."""
+    height, width = grid_pair(grid_size)
+    if height % 2 or width % 2:
+        raise ValueError(
+            f'patch merging joins 2x2 neighbouring tokens, but the grid is '
+            f'{height}x{width}: choose an image size that gives even grids at '
+            'every stage but the last (a multiple of patch_size * '
+            '2**(no. of stages - 1) on each side).')
+    return height // 2, width // 2

@@ -24,7 +24,7 @@ from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, m
 from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
                                       Trainer, TrainState, get_key, get_seed)
 from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
-                                     grid_pair, patch_grid)
+                                     check_window_grid, grid_pair, merged_grid, patch_grid)
 from d2l_extras.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
                                  show_images, use_svg_display)
 from d2l_extras.torch_to_flax import params_from_torch, params_to_torch
@@ -846,3 +846,278 @@ def token_similarity(model, params, X):
         jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
     return [float(cosine(Z[:, 0], Z[:, 1]).mean()) for Z in model.apply(
         {'params': params}, X, method='encode')]
+
+def window_partition(X, window_size):
+    """Defined in :numref:`sec_swin`"""
+    """Cut grids of tokens (batch, height, width, channels) into windows of
+    shape (batch * no. of windows, window_size, window_size, channels)."""
+    batch_size, height, width, channels = X.shape
+    check_window_grid((height, width), window_size)
+    X = X.reshape(batch_size, height // window_size, window_size,
+                  width // window_size, window_size, channels)
+    X = X.transpose(0, 1, 3, 2, 4, 5)  # window row, window col, row, col
+    return X.reshape(-1, window_size, window_size, channels)
+
+def window_reverse(windows, window_size, grid_size):
+    """Defined in :numref:`sec_swin`"""
+    """Put windows back together into grids of tokens: the inverse of
+    window_partition."""
+    height, width = check_window_grid(grid_size, window_size)
+    channels = windows.shape[-1]
+    X = windows.reshape(-1, height // window_size, width // window_size,
+                        window_size, window_size, channels)
+    X = X.transpose(0, 1, 3, 2, 4, 5)  # grid row, window row, grid col, col
+    return X.reshape(-1, height, width, channels)
+
+def relative_position_index(window_size):
+    """Defined in :numref:`sec_swin`"""
+    """For each pair (query, key) of the window_size**2 tokens of a window,
+    the index of their offset among the (2 * window_size - 1)**2 offsets."""
+    rows, cols = np.divmod(np.arange(window_size**2), window_size)
+    # Offsets of the key from the query, shifted to start at 0
+    delta_rows = rows[None, :] - rows[:, None] + window_size - 1
+    delta_cols = cols[None, :] - cols[:, None] + window_size - 1
+    return delta_rows * (2 * window_size - 1) + delta_cols
+
+class WindowAttention(d2l.ViTAttention):
+    """Multi-head self-attention inside windows, with a relative position bias.
+
+    Defined in :numref:`sec_swin`"""
+    qkv_bias: bool = True
+    window_size: int = 7
+
+    def setup(self):
+        super().setup()
+        self.relative_position_bias_table = self.param(
+            'relative_position_bias_table', nn.initializers.normal(0.02),
+            ((2 * self.window_size - 1)**2, self.num_heads))
+        self.relative_position_index = jnp.asarray(
+            relative_position_index(self.window_size))
+
+    def __call__(self, X, mask=None, training=False):
+        # X: (no. of windows, window_size**2, num_hiddens); mask: None or
+        # (windows per image, window_size**2, window_size**2)
+        num_windows, num_steps, num_hiddens = X.shape
+        Q, K, V = self.qkv(X).reshape(num_windows, num_steps, 3,
+                                      self.num_heads, -1).transpose(2, 0, 1, 3, 4)
+        scores = jnp.einsum('bqhd,bkhd->bhqk', Q, K) / Q.shape[-1]**0.5
+        # (tokens, tokens, heads) -> (heads, tokens, tokens)
+        bias = self.relative_position_bias_table[self.relative_position_index]
+        scores = scores + bias.transpose(2, 0, 1)
+        if mask is not None:  # the same mask for the windows of every image
+            scores = scores.reshape(-1, mask.shape[0], self.num_heads,
+                                    num_steps, num_steps) + mask[:, None]
+            scores = scores.reshape(num_windows, self.num_heads, num_steps,
+                                    num_steps)
+        weights = self.attention_dropout(nn.softmax(scores, axis=-1),
+                                         deterministic=not training)
+        H = jnp.einsum('bhqk,bkhd->bqhd', weights, V)
+        return self.proj(H.reshape(num_windows, num_steps, num_hiddens))
+
+def shifted_window_labels(grid_size, window_size, shift_size):
+    """Label every token of the grid with its shifted window, after the roll.
+
+    Defined in :numref:`sec_swin`"""
+    height, width = check_window_grid(grid_size, window_size)
+    # The first shift_size rows (columns) get -1; then one label per window
+    rows = (jnp.arange(height) - shift_size) // window_size
+    cols = (jnp.arange(width) - shift_size) // window_size
+    labels = (rows[:, None] + 1) * (width // window_size + 1) + cols[None] + 1
+    return jnp.roll(labels, (-shift_size, -shift_size), axis=(0, 1))
+
+def shifted_window_mask(grid_size, window_size, shift_size):
+    """Defined in :numref:`sec_swin`"""
+    """Additive attention mask of the shifted windows, of shape (no. of
+    windows, window_size**2, window_size**2): 0 between tokens from the same
+    region, -100 between tokens from different ones."""
+    labels = shifted_window_labels(grid_size, window_size, shift_size)
+    windows = window_partition(labels[None, :, :, None], window_size)
+    windows = windows.reshape(-1, window_size**2)
+    different = windows[:, :, None] != windows[:, None, :]
+    return jnp.where(different, -100.0, 0.0)
+
+def show_shifted_windows(labels, mask, window_size):
+    """Defined in :numref:`sec_swin`"""
+    """Draw the rolled region labels with the window borders, and the mask of
+    each window (dark: the pair may attend, light: masked)."""
+    d2l.use_svg_display()
+    labels, mask = np.asarray(labels), np.asarray(mask)
+    fig, axes = d2l.plt.subplots(1, 1 + len(mask), figsize=(
+        2.2 * (1 + len(mask)), 2.4))
+    axes[0].imshow(labels, cmap='tab20')
+    for i in range(labels.shape[0]):
+        for j in range(labels.shape[1]):
+            axes[0].text(j, i, str(labels[i, j]), ha='center', va='center',
+                         fontsize=7)
+    for border in np.arange(window_size, labels.shape[0], window_size):
+        axes[0].axhline(border - 0.5, color='black', linewidth=2)
+    for border in np.arange(window_size, labels.shape[1], window_size):
+        axes[0].axvline(border - 0.5, color='black', linewidth=2)
+    axes[0].set_title('rolled labels')
+    for k, (ax, m) in enumerate(zip(axes[1:], mask)):
+        ax.imshow(m != 0, cmap='Blues_r', vmin=0, vmax=1)
+        ax.set_title(f'mask of window {k}')
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+
+class SwinBlock(nn.Module):
+    """Defined in :numref:`sec_swin`"""
+    """A Swin Transformer block: attention inside (shifted) windows, then an
+    MLP, each with pre-normalization and a residual connection."""
+    num_hiddens: int
+    mlp_num_hiddens: int
+    num_heads: int
+    grid_size: tuple
+    window_size: int
+    shift_size: int = 0
+    dropout: float = 0.0
+
+    def setup(self):
+        self.grid = grid_pair(self.grid_size)
+        self.window, self.shift = self.window_size, self.shift_size
+        if min(self.grid) <= self.window:  # one window: nothing to shift
+            self.window, self.shift = min(self.grid), 0
+        check_window_grid(self.grid, self.window)
+        self.ln1 = nn.LayerNorm(epsilon=1e-6)
+        self.attention = WindowAttention(self.num_hiddens, self.num_heads,
+                                         self.dropout, window_size=self.window)
+        self.ln2 = nn.LayerNorm(epsilon=1e-6)
+        self.mlp = d2l.ViTMLP(self.mlp_num_hiddens, self.num_hiddens,
+                              self.dropout)
+        self.attention_mask = shifted_window_mask(
+            self.grid, self.window, self.shift) if self.shift else None
+
+    def __call__(self, X, training=False):
+        # X: (batch size, grid height, grid width, num_hiddens)
+        if tuple(X.shape[1:3]) != self.grid:
+            raise ValueError(f'the block was built for a {self.grid} '
+                             f'grid of tokens, got {tuple(X.shape[1:3])}: '
+                             'build it with grid_size=(height, width) of X')
+        num_hiddens, shift = X.shape[-1], self.shift
+        Y = self.ln1(X)
+        if shift:
+            Y = jnp.roll(Y, (-shift, -shift), axis=(1, 2))
+        windows = window_partition(Y, self.window).reshape(
+            -1, self.window**2, num_hiddens)
+        windows = self.attention(windows, self.attention_mask, training)
+        Y = window_reverse(windows.reshape(-1, self.window, self.window,
+                                           num_hiddens),
+                           self.window, self.grid)
+        if shift:
+            Y = jnp.roll(Y, (shift, shift), axis=(1, 2))
+        X = X + Y
+        return X + self.mlp(self.ln2(X), training=training)
+
+class PatchMerging(nn.Module):
+    """Join each 2x2 group of neighbouring tokens: half the grid, twice the width.
+
+    Defined in :numref:`sec_swin`"""
+    num_hiddens: int
+
+    def setup(self):
+        self.norm = nn.LayerNorm(epsilon=1e-6)
+        self.reduction = nn.Dense(2 * self.num_hiddens, use_bias=False,
+                                  kernel_init=nn.initializers.xavier_uniform())
+
+    def __call__(self, X, training=False):
+        batch_size, height, width, num_hiddens = X.shape
+        height, width = merged_grid((height, width))
+        X = X.reshape(batch_size, height, 2, width, 2, num_hiddens)
+        # (batch, height, width, col offset, row offset, num_hiddens)
+        X = X.transpose(0, 1, 3, 4, 2, 5).reshape(batch_size, height, width, -1)
+        return self.reduction(self.norm(X))
+
+class SwinTransformer(d2l.Classifier):
+    """Defined in :numref:`sec_swin`"""
+    """A small Swin Transformer: stages of Swin blocks with patch merging
+    between them, mean pooling and a linear head."""
+    img_size: int = 96
+    patch_size: int = 6
+    num_hiddens: int = 32
+    depths: tuple = (2, 2, 2)
+    num_heads: tuple = (2, 4, 8)
+    window_size: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    lr: float = 0.001
+    weight_decay: float = 0.05
+    num_classes: int = 10
+    num_channels: int = 1
+
+    def setup(self):
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError(f'depths {self.depths} and num_heads '
+                             f'{self.num_heads} must give one number per stage')
+        self.patch_embedding = d2l.PatchEmbedding(
+            self.img_size, self.patch_size, self.num_hiddens, self.num_channels)
+        self.patch_norm = nn.LayerNorm(epsilon=1e-6)
+        _, _, grid = d2l.patch_grid(self.img_size, self.patch_size)
+        self.grid, width, blks = grid, self.num_hiddens, []
+        for stage, (depth, heads) in enumerate(zip(self.depths,
+                                                   self.num_heads)):
+            if stage > 0:  # half the grid, twice the width
+                blks.append(PatchMerging(width))
+                grid, width = merged_grid(grid), 2 * width
+            for i in range(depth):  # regular and shifted windows in turn
+                blks.append(SwinBlock(width, self.mlp_ratio * width, heads,
+                                      grid, self.window_size,
+                                      (i % 2) * self.window_size // 2,
+                                      self.dropout))
+        self.blks = blks
+        self.norm = nn.LayerNorm(epsilon=1e-6)
+        self.head = nn.Dense(self.num_classes,
+                             kernel_init=nn.initializers.zeros)
+
+    def configure_optimizers(self):
+        return optax.adamw(self.lr, weight_decay=self.weight_decay)
+
+    def apply_init(self, dummy_input, key):
+        # Compiled as one function; op by op, JAX compiles each of the
+        # model's many small operations on its own, which takes longer
+        return jax.jit(self.init)(key, *dummy_input)
+
+    def __call__(self, X, training=False):
+        X = self.patch_norm(self.patch_embedding(X))
+        X = X.reshape(X.shape[0], *self.grid, -1)
+        for blk in self.blks:
+            X = blk(X, training)
+        # (batch size, final grid height, width, channels)
+        return self.head(self.norm(X).mean(axis=(1, 2)))
+
+def attention_cost(attention, params, X, num_repeats=2):
+    """Defined in :numref:`sec_swin`"""
+    """Fewest seconds of a jitted forward and backward pass of
+    `attention(params, X)`, and the bytes of the compiled pass's temporary
+    buffers (its inputs and outputs are not among them)."""
+    loss = lambda params, X: attention(params, X).sum()
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, X).compile()
+    jax.block_until_ready(grad(params, X))  # a warm-up run
+    times = []
+    for _ in range(num_repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(grad(params, X))
+        times.append(time.perf_counter() - start)
+    return min(times), grad.memory_analysis().temp_size_in_bytes
+
+def plot_attention_cost(num_tokens, costs):
+    """Defined in :numref:`sec_swin`"""
+    """Time and memory against the number of tokens, on log-log axes, with
+    reference lines of slope 2 and 1 through the last global and windowed
+    points."""
+    d2l.use_svg_display()
+    n = np.asarray(num_tokens, dtype=float)
+    _, axes = d2l.plt.subplots(1, 2, figsize=(8, 3))
+    for k, (ax, ylabel) in enumerate(zip(axes, (
+            'seconds, forward + backward', 'bytes kept for backward'))):
+        for (name, cost), fmt in zip(costs.items(), ('o-', 's-')):
+            ax.loglog(n, [c[k] for c in cost], fmt, label=name)
+        for name, slope in (('global', 2), ('windowed', 1)):
+            y = costs[name][-1][k] * (n / n[-1])**slope
+            ax.loglog(n, y, ':', color='gray')
+            ax.annotate(f'slope {slope}', (n[1], y[1]), fontsize=8,
+                        color='gray')
+        ax.set_xlabel('number of tokens n')
+        ax.set_ylabel(ylabel)
+        ax.grid(which='major')
+        ax.legend(fontsize=8)
+    d2l.plt.tight_layout()

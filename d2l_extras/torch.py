@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from d2l_extras import quick_mode
 from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
 from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
-                                     grid_pair, patch_grid)
+                                     check_window_grid, grid_pair, merged_grid, patch_grid)
 from d2l_extras.timm_import import vit_from_timm
 
 # The notebooks call this module `extras`; saved code that says `extras.ViT`
@@ -761,3 +761,277 @@ def token_similarity(model, X):
     with torch.no_grad():
         return [float(F.cosine_similarity(Z[:, 0], Z[:, 1], dim=-1).mean())
                 for Z in model.encode(X)]
+
+def window_partition(X, window_size):
+    """Defined in :numref:`sec_swin`"""
+    """Cut grids of tokens (batch, height, width, channels) into windows of
+    shape (batch * no. of windows, window_size, window_size, channels)."""
+    batch_size, height, width, channels = X.shape
+    check_window_grid((height, width), window_size)
+    X = X.reshape(batch_size, height // window_size, window_size,
+                  width // window_size, window_size, channels)
+    X = X.permute(0, 1, 3, 2, 4, 5)  # window row, window col, row, col
+    return X.reshape(-1, window_size, window_size, channels)
+
+def window_reverse(windows, window_size, grid_size):
+    """Defined in :numref:`sec_swin`"""
+    """Put windows back together into grids of tokens: the inverse of
+    window_partition."""
+    height, width = check_window_grid(grid_size, window_size)
+    channels = windows.shape[-1]
+    X = windows.reshape(-1, height // window_size, width // window_size,
+                        window_size, window_size, channels)
+    X = X.permute(0, 1, 3, 2, 4, 5)  # grid row, window row, grid col, col
+    return X.reshape(-1, height, width, channels)
+
+def relative_position_index(window_size):
+    """Defined in :numref:`sec_swin`"""
+    """For each pair (query, key) of the window_size**2 tokens of a window,
+    the index of their offset among the (2 * window_size - 1)**2 offsets."""
+    rows, cols = np.divmod(np.arange(window_size**2), window_size)
+    # Offsets of the key from the query, shifted to start at 0
+    delta_rows = rows[None, :] - rows[:, None] + window_size - 1
+    delta_cols = cols[None, :] - cols[:, None] + window_size - 1
+    return delta_rows * (2 * window_size - 1) + delta_cols
+
+class WindowAttention(extras.ViTAttention):
+    """Multi-head self-attention inside windows, with a relative position bias.
+
+    Defined in :numref:`sec_swin`"""
+    def __init__(self, num_hiddens, num_heads, dropout, qkv_bias=True,
+                 window_size=7):
+        super().__init__(num_hiddens, num_heads, dropout, qkv_bias)
+        self.window_size = window_size
+        self.relative_position_bias_table = nn.Parameter(
+            0.02 * torch.randn((2 * window_size - 1)**2, num_heads))
+        self.register_buffer('relative_position_index', torch.as_tensor(
+            relative_position_index(window_size)), persistent=False)
+
+    def forward(self, X, mask=None):
+        # X: (no. of windows, window_size**2, num_hiddens); mask: None or
+        # (windows per image, window_size**2, window_size**2)
+        num_windows, num_steps, num_hiddens = X.shape
+        Q, K, V = self.qkv(X).reshape(num_windows, num_steps, 3,
+                                      self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        scores = Q @ K.transpose(2, 3) / Q.shape[-1]**0.5
+        # (tokens, tokens, heads) -> (heads, tokens, tokens)
+        bias = self.relative_position_bias_table[self.relative_position_index]
+        scores = scores + bias.permute(2, 0, 1)
+        if mask is not None:  # the same mask for the windows of every image
+            scores = scores.reshape(-1, mask.shape[0], self.num_heads,
+                                    num_steps, num_steps) + mask[:, None]
+            scores = scores.reshape(num_windows, self.num_heads, num_steps,
+                                    num_steps)
+        weights = self.attention_dropout(F.softmax(scores, dim=-1))
+        H = (weights @ V).transpose(1, 2).reshape(num_windows, num_steps,
+                                                  num_hiddens)
+        return self.proj(H)
+
+def shifted_window_labels(grid_size, window_size, shift_size):
+    """Label every token of the grid with its shifted window, after the roll.
+
+    Defined in :numref:`sec_swin`"""
+    height, width = check_window_grid(grid_size, window_size)
+    # The first shift_size rows (columns) get -1; then one label per window
+    rows = torch.div(torch.arange(height) - shift_size, window_size,
+                     rounding_mode='floor')
+    cols = torch.div(torch.arange(width) - shift_size, window_size,
+                     rounding_mode='floor')
+    labels = (rows[:, None] + 1) * (width // window_size + 1) + cols[None] + 1
+    return torch.roll(labels, (-shift_size, -shift_size), dims=(0, 1))
+
+def shifted_window_mask(grid_size, window_size, shift_size):
+    """Defined in :numref:`sec_swin`"""
+    """Additive attention mask of the shifted windows, of shape (no. of
+    windows, window_size**2, window_size**2): 0 between tokens from the same
+    region, -100 between tokens from different ones."""
+    labels = shifted_window_labels(grid_size, window_size, shift_size)
+    windows = window_partition(labels[None, :, :, None], window_size)
+    windows = windows.reshape(-1, window_size**2)
+    different = windows[:, :, None] != windows[:, None, :]
+    return torch.where(different, -100.0, 0.0)
+
+def show_shifted_windows(labels, mask, window_size):
+    """Defined in :numref:`sec_swin`"""
+    """Draw the rolled region labels with the window borders, and the mask of
+    each window (dark: the pair may attend, light: masked)."""
+    d2l.use_svg_display()
+    labels, mask = np.asarray(labels), np.asarray(mask)
+    fig, axes = d2l.plt.subplots(1, 1 + len(mask), figsize=(
+        2.2 * (1 + len(mask)), 2.4))
+    axes[0].imshow(labels, cmap='tab20')
+    for i in range(labels.shape[0]):
+        for j in range(labels.shape[1]):
+            axes[0].text(j, i, str(labels[i, j]), ha='center', va='center',
+                         fontsize=7)
+    for border in np.arange(window_size, labels.shape[0], window_size):
+        axes[0].axhline(border - 0.5, color='black', linewidth=2)
+    for border in np.arange(window_size, labels.shape[1], window_size):
+        axes[0].axvline(border - 0.5, color='black', linewidth=2)
+    axes[0].set_title('rolled labels')
+    for k, (ax, m) in enumerate(zip(axes[1:], mask)):
+        ax.imshow(m != 0, cmap='Blues_r', vmin=0, vmax=1)
+        ax.set_title(f'mask of window {k}')
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+
+class SwinBlock(nn.Module):
+    """Defined in :numref:`sec_swin`"""
+    """A Swin Transformer block: attention inside (shifted) windows, then an
+    MLP, each with pre-normalization and a residual connection."""
+    def __init__(self, num_hiddens, mlp_num_hiddens, num_heads, grid_size,
+                 window_size, shift_size=0, dropout=0):
+        super().__init__()
+        self.grid_size = grid_pair(grid_size)
+        if min(self.grid_size) <= window_size:  # one window: nothing to shift
+            window_size, shift_size = min(self.grid_size), 0
+        check_window_grid(self.grid_size, window_size)
+        self.window_size, self.shift_size = window_size, shift_size
+        self.ln1 = nn.LayerNorm(num_hiddens, eps=1e-6)
+        self.attention = WindowAttention(num_hiddens, num_heads, dropout,
+                                         window_size=window_size)
+        self.ln2 = nn.LayerNorm(num_hiddens, eps=1e-6)
+        self.mlp = extras.ViTMLP(mlp_num_hiddens, num_hiddens, dropout)
+        self.register_buffer('attention_mask', shifted_window_mask(
+            self.grid_size, window_size, shift_size) if shift_size else None,
+            persistent=False)
+
+    def forward(self, X):
+        # X: (batch size, grid height, grid width, num_hiddens)
+        if tuple(X.shape[1:3]) != self.grid_size:
+            raise ValueError(f'the block was built for a {self.grid_size} '
+                             f'grid of tokens, got {tuple(X.shape[1:3])}: '
+                             'build it with grid_size=(height, width) of X')
+        num_hiddens, shift = X.shape[-1], self.shift_size
+        Y = self.ln1(X)
+        if shift:
+            Y = torch.roll(Y, (-shift, -shift), dims=(1, 2))
+        windows = window_partition(Y, self.window_size).reshape(
+            -1, self.window_size**2, num_hiddens)
+        windows = self.attention(windows, self.attention_mask)
+        Y = window_reverse(windows.reshape(-1, self.window_size,
+                                           self.window_size, num_hiddens),
+                           self.window_size, self.grid_size)
+        if shift:
+            Y = torch.roll(Y, (shift, shift), dims=(1, 2))
+        X = X + Y
+        return X + self.mlp(self.ln2(X))
+
+class PatchMerging(nn.Module):
+    """Join each 2x2 group of neighbouring tokens: half the grid, twice the width.
+
+    Defined in :numref:`sec_swin`"""
+    def __init__(self, num_hiddens):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * num_hiddens, eps=1e-6)
+        self.reduction = nn.Linear(4 * num_hiddens, 2 * num_hiddens, bias=False)
+
+    def forward(self, X):
+        batch_size, height, width, num_hiddens = X.shape
+        height, width = merged_grid((height, width))
+        X = X.reshape(batch_size, height, 2, width, 2, num_hiddens)
+        # (batch, height, width, col offset, row offset, num_hiddens)
+        X = X.permute(0, 1, 3, 4, 2, 5).reshape(batch_size, height, width, -1)
+        return self.reduction(self.norm(X))
+
+class SwinTransformer(d2l.Classifier):
+    """Defined in :numref:`sec_swin`"""
+    """A small Swin Transformer: stages of Swin blocks with patch merging
+    between them, mean pooling and a linear head."""
+    def __init__(self, img_size=96, patch_size=6, num_hiddens=32,
+                 depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=4,
+                 mlp_ratio=4, dropout=0, lr=0.001, weight_decay=0.05,
+                 num_classes=10, num_channels=1):
+        super().__init__()
+        self.save_hyperparameters()
+        if len(depths) != len(num_heads):
+            raise ValueError(f'depths {depths} and num_heads {num_heads} must '
+                             'give one number per stage')
+        self.patch_embedding = extras.PatchEmbedding(img_size, patch_size,
+                                                     num_hiddens, num_channels)
+        self.patch_norm = nn.LayerNorm(num_hiddens, eps=1e-6)
+        grid, width, blks = self.patch_embedding.grid_size, num_hiddens, []
+        for stage, (depth, heads) in enumerate(zip(depths, num_heads)):
+            if stage > 0:  # half the grid, twice the width
+                blks.append(PatchMerging(width))
+                grid, width = merged_grid(grid), 2 * width
+            for i in range(depth):  # regular and shifted windows in turn
+                blks.append(SwinBlock(width, mlp_ratio * width, heads, grid,
+                                      window_size, (i % 2) * window_size // 2,
+                                      dropout))
+        self.blks = nn.Sequential(*blks)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, num_classes)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        with torch.no_grad():  # Create the lazy layers' weights
+            self(torch.zeros(1, self.num_channels,
+                             *self.patch_embedding.img_size))
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                matrix = module.weight.view(module.weight.shape[0], -1)
+                for W in matrix.chunk(3 if name.endswith('qkv') else 1):
+                    nn.init.xavier_uniform_(W)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            if isinstance(module, WindowAttention):
+                nn.init.normal_(module.relative_position_bias_table, std=0.02)
+        nn.init.zeros_(self.head.weight)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr,
+                                 weight_decay=self.weight_decay)
+
+    def forward(self, X):
+        X = self.patch_norm(self.patch_embedding(X))
+        X = X.reshape(X.shape[0], *self.patch_embedding.grid_size, -1)
+        X = self.blks(X)  # (batch size, final grid height, width, channels)
+        return self.head(self.norm(X).mean(dim=(1, 2)))
+
+def attention_cost(attention, params, X, num_repeats=2):
+    """Defined in :numref:`sec_swin`"""
+    """Fewest seconds of a forward and backward pass of `attention(X)`, and the
+    bytes of the tensors that autograd saves for the backward pass, without X
+    and the parameters `params`, which exist anyway."""
+    X = X.detach().requires_grad_()
+    saved = {}  # address of each memory block -> its size in bytes
+
+    def pack(tensor):  # called for every tensor saved for the backward pass
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        attention(X).sum().backward()
+    for tensor in [X, *params]:
+        saved.pop(tensor.untyped_storage().data_ptr(), None)
+    times = []
+    for _ in range(num_repeats):
+        start = time.perf_counter()
+        attention(X).sum().backward()
+        times.append(time.perf_counter() - start)
+    return min(times), sum(saved.values())
+
+def plot_attention_cost(num_tokens, costs):
+    """Defined in :numref:`sec_swin`"""
+    """Time and memory against the number of tokens, on log-log axes, with
+    reference lines of slope 2 and 1 through the last global and windowed
+    points."""
+    d2l.use_svg_display()
+    n = np.asarray(num_tokens, dtype=float)
+    _, axes = d2l.plt.subplots(1, 2, figsize=(8, 3))
+    for k, (ax, ylabel) in enumerate(zip(axes, (
+            'seconds, forward + backward', 'bytes kept for backward'))):
+        for (name, cost), fmt in zip(costs.items(), ('o-', 's-')):
+            ax.loglog(n, [c[k] for c in cost], fmt, label=name)
+        for name, slope in (('global', 2), ('windowed', 1)):
+            y = costs[name][-1][k] * (n / n[-1])**slope
+            ax.loglog(n, y, ':', color='gray')
+            ax.annotate(f'slope {slope}', (n[1], y[1]), fontsize=8,
+                        color='gray')
+        ax.set_xlabel('number of tokens n')
+        ax.set_ylabel(ylabel)
+        ax.grid(which='major')
+        ax.legend(fontsize=8)
+    d2l.plt.tight_layout()

@@ -107,6 +107,40 @@ def test_the_analysis_section_shows_its_figures_in_both_tabs_of_the_html(book):
     assert '>Abnar and Zuidema, 2020</a>' in html and '>Lippe, 2022</a>' in html  # resolved :cite:
 
 
+SWIN = 'chapter_vit/swin'
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+def test_the_swin_section_evaluates_in_both_tabs_with_every_figure(book, folder):
+    nb = notebook(book, folder, SWIN)
+    text = outputs(nb)  # fails on any error output
+    for expected in ['such as 6 or 8', 'masked pairs per window: [0, 128, 128, 192]',
+                     'PatchMerging: tokens (8, 8, 64)', 'SwinBlock: tokens (4, 4, 128)',
+                     '567,814 parameters', '4096 tokens: global', 'Quick mode: 2 of 10 epochs']:
+        assert expected in text, f'{SWIN} ({folder}) does not print {expected!r}'
+    # Measured, not computed: the memory of global attention grows as n^2, of windows as n
+    slopes = {name: (float(time), float(memory)) for name, time, memory in re.findall(
+        r'(global|windowed): time grows as n\^([\d.]+), memory as n\^([\d.]+)', text)}
+    assert slopes['global'][1] > 1.8 and 0.8 < slopes['windowed'][1] < 1.2, slopes
+    # The small Swin learns in quick mode: above chance (0.1) on the stand-in
+    accuracy = float(re.search(r'validation accuracy (\d\.\d+) on UCI digits', text)[1])
+    assert accuracy > 0.15
+    figures = figure_cells(nb)
+    assert len(figures) == 2, 'the shifted-window mask and the cost of attention'
+    missing = [''.join(cell['source']).splitlines()[0] for cell in figures if not has_image(cell)]
+    assert not missing, f'{SWIN} ({folder}): no picture from the cells starting {missing}'
+
+
+def test_the_swin_section_shows_both_tabs_and_its_figures_in_the_html(book):
+    html = (book / 'build' / 'html' / f'{SWIN}.html').read_text()
+    assert html.count('mdl-tabs__tab-bar code') >= 15
+    # 2 captioned figures and the training curves, once per framework
+    assert html.count('<img') >= 2 * 3
+    assert html.count('<strong>Figure:</strong>') == 2
+    assert 'Liu <em>et al.</em>, 2021' in html and 'Dao <em>et al.</em>, 2022' in html  # resolved :cite:
+    assert 'href="swin.html' in (book / 'build' / 'html' / 'chapter_vit' / 'index.html').read_text()
+
+
 def test_the_exercises_are_pages_of_the_book_linked_from_the_section(book):
     html = book / 'build' / 'html' / 'chapter_vit'
     section = (html / 'vision-transformer.html').read_text()
