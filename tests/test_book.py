@@ -49,7 +49,8 @@ def test_each_tab_evaluates_in_quick_mode_on_the_standin(book, folder, framework
 # What each exercise notebook prints, in both tabs, and what only one tab prints.
 EXERCISES = {
     'chapter_vit/exercise-pooling': (
-        ['Quick mode: 2 of 10 epochs', 'pooling   val loss', 'mean pooling minus class token'],
+        ['Quick mode: 2 of 10 epochs on at most 512 training', 'pooling   val loss',
+         'mean pooling minus class token'],
         {'eval': [], 'eval_jax': []}),
     'chapter_vit/exercise-image-size': (
         ['Quick mode: minibatches of 8', 'ms per step', 'c0 =', 'GFLOP/s'],
