@@ -286,10 +286,13 @@ def evaluate_accuracy(model, params, data):
     """The fraction of validation examples that the model classifies right.
 
     Defined in :numref:`sec_vision-transformer`"""
-    predict = jax.jit(lambda X: model.apply({'params': params}, X).argmax(1))
+    # The parameters are an argument: a closure would compile them into
+    # the program as constants, anew for every model
+    predict = jax.jit(
+        lambda params, X: model.apply({'params': params}, X).argmax(1))
     correct = total = 0
     for X, y in data.val_dataloader():
-        correct += int((predict(X) == y).sum())
+        correct += int((predict(params, X) == y).sum())
         total += len(y)
     return correct / total
 
