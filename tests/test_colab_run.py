@@ -105,7 +105,10 @@ def colab_runs(book, tmp_path_factory):
         env.update(D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1', D2L_VIT_DATA=str(work / 'data'),
                    JUPYTER_PATH=str(work / 'jupyter' / 'share' / 'jupyter'),
                    # `!pip` in a cell is the pip the shell finds first, as on Colab: the venv's.
-                   PATH=f'{venv / "bin"}{os.pathsep}{os.environ["PATH"]}')
+                   PATH=f'{venv / "bin"}{os.pathsep}{os.environ["PATH"]}',
+                   # The book build compiled the section's JAX steps already; loading
+                   # them changes how long the run takes, not what it computes.
+                   JAX_COMPILATION_CACHE_DIR=str(book / 'build' / 'jax_cache'))
         prepared[folder] = (venv, importable(venv, imports), notebook, env)
     processes = {}
     try:
