@@ -24,6 +24,23 @@ def offline_quick_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv('D2L_VIT_DATA', str(tmp_path_factory.mktemp('data')))
 
 
+@pytest.fixture(autouse=True)
+def no_figure_outlives_its_test():
+    """Close the figures a test drew (d2l's boards draw when models train), so
+    that a test counting figures sees only its own."""
+    yield
+    if 'matplotlib.pyplot' in sys.modules:
+        sys.modules['matplotlib.pyplot'].close('all')
+
+
+@pytest.fixture(scope='session')
+def jax_cache(tmp_path_factory):
+    """One folder for XLA's persistent compilation cache, shared by the book
+    build and the runs of the section's notebooks that follow it: the same
+    programs load instead of compiling again (only the time changes)."""
+    return tmp_path_factory.mktemp('jax_cache')
+
+
 def source_files():
     """Tracked files and untracked ones that git does not ignore: what a clone holds."""
     listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
@@ -39,13 +56,14 @@ def copy_sources(target):
 
 
 @pytest.fixture(scope='session')
-def book(tmp_path_factory):
+def book(tmp_path_factory, jax_cache):
     """A copy of the sources, built offline and in quick mode by the Makefile's
     `build` target (library, both tabs' notebooks, HTML, Colab notebooks), with
     this environment's venv and node_modules; its make output is in build/make.log."""
     copy = copy_sources(tmp_path_factory.mktemp('book'))
     env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1',
-               D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')))
+               D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')),
+               JAX_COMPILATION_CACHE_DIR=str(jax_cache))
     result = subprocess.run(['make', 'build', f'VENV={VENV}', f'NODE_MODULES={ROOT / "node_modules"}'],
                             cwd=copy, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

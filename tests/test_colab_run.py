@@ -90,7 +90,7 @@ def colab_notebook(book, folder, checkout, imports):
 
 
 @pytest.fixture(scope='module')
-def colab_runs(book, tmp_path_factory):
+def colab_runs(book, tmp_path_factory, jax_cache):
     """Both notebooks, run at the same time (one kernel each), as nbconvert runs
     them: the two runs overlap their installs and share CI's two cores."""
     checkout = copy_sources(tmp_path_factory.mktemp('checkout'))
@@ -106,9 +106,8 @@ def colab_runs(book, tmp_path_factory):
                    JUPYTER_PATH=str(work / 'jupyter' / 'share' / 'jupyter'),
                    # `!pip` in a cell is the pip the shell finds first, as on Colab: the venv's.
                    PATH=f'{venv / "bin"}{os.pathsep}{os.environ["PATH"]}',
-                   # The book build compiled the section's JAX steps already; loading
-                   # them changes how long the run takes, not what it computes.
-                   JAX_COMPILATION_CACHE_DIR=str(book / 'build' / 'jax_cache'))
+                   # The book build compiled the section's JAX steps already.
+                   JAX_COMPILATION_CACHE_DIR=str(jax_cache))
         prepared[folder] = (venv, importable(venv, imports), notebook, env)
     processes = {}
     try:

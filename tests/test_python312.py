@@ -48,7 +48,7 @@ def jax_tab_code():
     return '\n\n'.join(cell.source for cell in nb.cells if cell.cell_type == 'code')
 
 
-def test_jax_tab_runs_on_python_312_without_tensorflow(tmp_path):
+def test_jax_tab_runs_on_python_312_without_tensorflow(tmp_path, jax_cache):
     python = find_python312()
     if python is None:
         pytest.skip('no Python 3.12 interpreter on this machine')
@@ -61,7 +61,10 @@ def test_jax_tab_runs_on_python_312_without_tensorflow(tmp_path):
     script.write_text(jax_tab_code() + '\n\nimport sys\n'
                       "assert not [m for m in sys.modules if m.startswith('tensorflow')]\n"
                       "print('python', sys.version.split()[0])\n")
-    env = dict(os.environ, MPLBACKEND='Agg', PYTHONPATH='')
+    # The cache holds what the book build (when it ran first) compiled for the
+    # same section: the run loads it instead of compiling, and computes the same.
+    env = dict(os.environ, MPLBACKEND='Agg', PYTHONPATH='',
+               JAX_COMPILATION_CACHE_DIR=str(jax_cache))
     result = subprocess.run([str(venv / 'bin' / 'python'), str(script)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
