@@ -25,8 +25,7 @@ import tarfile
 import numpy as np
 
 from d2l_extras import offline_standin
-from d2l_extras.fashion_mnist import (OFFLINE_ENV_VAR, CorruptDataError, DownloadError,
-                                      data_root, download, md5sum, offline_forced)
+from d2l_extras.fashion_mnist import CorruptDataError, DownloadError, data_root, fetch, md5sum
 from d2l_extras.image_arrays import ImageArrays
 
 MIRRORS = ('https://www.cs.toronto.edu/~kriz/',)
@@ -105,15 +104,8 @@ def fetch_cifar10(root=None):
 
     Raises DownloadError when it is missing and cannot be downloaded.
     """
-    folder = data_root(root) / 'cifar-10'
     file_name, md5 = ARCHIVE
-    path = folder / file_name
-    if not path.exists():
-        if offline_forced():
-            raise DownloadError(f'{path} is missing and {OFFLINE_ENV_VAR} '
-                                'forbids downloading it')
-        download(file_name, md5, folder, mirrors=MIRRORS)
-    return path
+    return fetch(file_name, md5, data_root(root) / 'cifar-10', mirrors=MIRRORS)
 
 
 def load_cifar10(root=None, verbose=True):

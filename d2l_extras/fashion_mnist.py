@@ -149,22 +149,29 @@ def read_idx(path, md5=None):
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def fetch(file_name, md5, folder, mirrors=None):
+    """The path of ``file_name`` in the cache ``folder``, downloaded first when
+    it is missing.
+
+    Raises DownloadError when it cannot be downloaded, or when
+    ``D2L_VIT_OFFLINE`` forbids downloading.
+    """
+    path = pathlib.Path(folder) / file_name
+    if not path.exists():
+        if offline_forced():
+            raise DownloadError(f'{path} is missing and {OFFLINE_ENV_VAR} '
+                                'forbids downloading it')
+        download(file_name, md5, folder, mirrors)
+    return path
+
+
 def fetch_fashion_mnist(root=None):
     """Make sure the four Fashion-MNIST files are in the cache; return their paths.
 
     Raises DownloadError when a file is missing and cannot be downloaded.
     """
     folder = data_root(root) / 'fashion-mnist'
-    paths = {}
-    for key, (file_name, md5) in FILES.items():
-        path = folder / file_name
-        if not path.exists():
-            if offline_forced():
-                raise DownloadError(f'{path} is missing and {OFFLINE_ENV_VAR} '
-                                    'forbids downloading it')
-            download(file_name, md5, folder)
-        paths[key] = path
-    return paths
+    return {key: fetch(file_name, md5, folder) for key, (file_name, md5) in FILES.items()}
 
 
 def load_fashion_mnist(root=None, verbose=True):
