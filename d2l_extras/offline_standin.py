@@ -4,13 +4,26 @@ scikit-learn ships them inside the package (1,797 images of 8x8 pixels with
 values 0..16, 10 classes), so they load with no network. We split them into
 training and validation parts the same way every time, stratified by class so
 that both parts have all ten digits in the same proportions.
+
+The validation part has 384 images, about a fifth, which is three whole
+minibatches of 128 (the chapter's minibatch size): in JAX a smaller last
+minibatch is a new shape, compiled anew for every model the book evaluates.
 """
 import numpy as np
 
 from d2l_extras.image_arrays import ImageArrays
 
-VAL_FRACTION = 0.2
+NUM_VAL = 384
 SPLIT_SEED = 0
+
+
+def stratified_counts(labels, total):
+    """How many examples of each class make a sample of ``total`` in the
+    classes' proportions (largest remainders, so the counts sum to ``total``)."""
+    exact = total * np.bincount(labels) / len(labels)
+    counts = np.floor(exact).astype(int)
+    counts[np.argsort(counts - exact)[:total - counts.sum()]] += 1
+    return counts
 
 
 def load_digits():
@@ -20,9 +33,9 @@ def load_digits():
     labels = digits.target.astype(np.int64)
     rng = np.random.default_rng(SPLIT_SEED)
     val_mask = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
+    for label, num_val in enumerate(stratified_counts(labels, NUM_VAL)):
         members = rng.permutation(np.flatnonzero(labels == label))
-        val_mask[members[:round(VAL_FRACTION * len(members))]] = True
+        val_mask[members[:num_val]] = True
     return ImageArrays('UCI digits (offline stand-in)',
                        images[~val_mask], labels[~val_mask],
                        images[val_mask], labels[val_mask],

@@ -141,11 +141,24 @@ def test_standin_split_is_stratified_disjoint_and_repeatable():
     train_counts = np.bincount(data.train_labels)
     val_counts = np.bincount(data.val_labels)
     assert (val_counts > 0).all() and (train_counts > 0).all()
-    np.testing.assert_allclose(val_counts / (train_counts + val_counts), 0.2, atol=0.02)
+    np.testing.assert_allclose(val_counts / (train_counts + val_counts), 384 / 1797, atol=0.005)
     train_rows = {img.tobytes() for img in data.train_images}
     overlap = sum(img.tobytes() in train_rows for img in data.val_images)
     assert overlap < 5  # the UCI set itself has a few duplicate images
     np.testing.assert_array_equal(offline_standin.load_digits().val_labels, data.val_labels)
+
+
+def test_standin_validation_set_is_whole_minibatches_of_128():
+    # so that a JAX evaluation compiles one shape, not a second for a last, smaller minibatch
+    data = jax_lib.FashionMNIST(batch_size=128)
+    assert [len(y) for _, y in data.val_dataloader()] == [128, 128, 128]
+
+
+def test_stratified_counts_keep_the_proportions_and_the_total():
+    labels = np.repeat(np.arange(3), [50, 30, 20])
+    np.testing.assert_array_equal(offline_standin.stratified_counts(labels, 10), [5, 3, 2])
+    counts = offline_standin.stratified_counts(labels, 7)
+    assert counts.sum() == 7 and (np.abs(counts - 7 * np.array([.5, .3, .2])) < 1).all()
 
 
 def test_resize_matches_torch_antialiased_bilinear():
