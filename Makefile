@@ -71,25 +71,23 @@ system-deps:
 lib:
 	d2lbook build lib
 
-# d2lbook evaluates two notebooks at a time on a machine without a GPU, and
-# two d2lbook processes share those two slots (through locks in /tmp). So both
-# tabs are evaluated at once: no slot idles while one tab's last notebook runs.
-# Each PyTorch kernel gets half of the cores: two kernels each starting a thread
-# per core lost a quarter of the throughput on a 2-core machine; XLA shares the
-# cores well on its own. The logs are printed one after the other at the end.
-# JAX keeps what it compiles in build/jax_cache: the notebooks compile the same
-# training step many times (every run of the section's model, in every page),
-# and a cached step loads in about a second instead of compiling for five.
+# Both tabs' notebooks are evaluated by one queue, two at a time on a machine
+# without a GPU, longest first by the times in tools/eval_seconds.json (see
+# tools/eval_both_tabs.py: d2lbook's own order is random, and one long
+# notebook started last could run alone for minutes). Each PyTorch kernel gets
+# half of the cores: two kernels each starting a thread per core lost a
+# quarter of the throughput on a 2-core machine; XLA shares the cores well on
+# its own. JAX keeps what it compiles in build/jax_cache: the notebooks compile
+# the same training step many times (every run of the section's model, in
+# every page), and a cached step loads in about a second instead of compiling
+# for five.
 EVAL_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 eval: lib
 	@mkdir -p build; start=$$SECONDS; \
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(EVAL_THREADS)} d2lbook build eval > build/eval_pytorch.log 2>&1 & pytorch_pid=$$!; \
-	jax=0; JAX_COMPILATION_CACHE_DIR=$${JAX_COMPILATION_CACHE_DIR:-$(CURDIR)/build/jax_cache} \
-	  d2lbook build eval --tab jax > build/eval_jax.log 2>&1 || jax=$$?; \
-	pytorch=0; wait $$pytorch_pid || pytorch=$$?; \
-	cat build/eval_pytorch.log build/eval_jax.log; \
-	echo "=== Both tabs evaluated in $$(( SECONDS - start )) s"; \
-	test $$pytorch = 0 -a $$jax = 0
+	$(PYTHON) tools/eval_both_tabs.py \
+	  --env pytorch OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(EVAL_THREADS)} \
+	  --env jax JAX_COMPILATION_CACHE_DIR=$${JAX_COMPILATION_CACHE_DIR:-$(CURDIR)/build/jax_cache}; \
+	echo "=== Both tabs evaluated in $$(( SECONDS - start )) s"
 
 # Merges both tabs into one site; also writes the Colab notebooks. Then makes
 # the site load nothing from the network (MathJax, icons: see the script).

@@ -10,9 +10,10 @@ environment, and prints the total and each notebook's evaluation time per tab.
 The second form reads the log of a build that already ran (the tests keep
 theirs in the book copy's build/make.log) instead of building again.
 
-d2lbook evaluates two notebooks at a time on a CPU-only machine, and the
-Makefile evaluates both tabs at once, sharing those two slots; so the times
-per notebook and per tab overlap and add up to more than the total.
+The Makefile evaluates the notebooks of both tabs two at a time on a
+CPU-only machine (tools/eval_both_tabs.py), so the times per notebook overlap
+and add up to about twice the total. `--eval-seconds` writes them as the
+order that script uses (tools/eval_seconds.json): longest first.
 """
 import argparse
 import json
@@ -26,10 +27,11 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# d2lbook's log: '=== Finished "d2lbook build eval_jax" in 00:06:14' and
-# 'Task "Evaluating ./chapter_vit/x.md" on CPU [1] is finished in 00:02:13'
+# d2lbook's log: '=== Finished "d2lbook build rst_all" in 00:00:18' and
+# 'Task "[jax] Evaluating ./chapter_vit/x.md" on CPU [1] is finished in 00:02:13'
 STAGE = re.compile(r'=== Finished "d2lbook build (\w+)" in (\d+):(\d+):(\d+)')
-TASK = re.compile(r'Task "Evaluating \./(\S+)\.md" on \w+ \[\d+\] is finished in (\d+):(\d+):(\d+)')
+TASK = re.compile(r'Task "\[(\w+)\] Evaluating \./(\S+)\.md" on \w+ \[\d+\] '
+                  r'is finished in (\d+):(\d+):(\d+)')
 
 
 def seconds(hours, minutes, secs):
@@ -39,16 +41,12 @@ def seconds(hours, minutes, secs):
 def parse(log):
     """Stage times (summed, as d2lbook runs some stages more than once) and,
     per tab, the evaluation time of every notebook."""
-    stages, notebooks, pending = {}, {}, {}
+    stages, notebooks = {}, {}
     for line in log.splitlines():
         if match := TASK.search(line):
-            pending[match[1]] = seconds(*match.groups()[1:])
+            notebooks.setdefault(match[1], {})[match[2]] = seconds(*match.groups()[2:])
         elif match := STAGE.search(line):
-            stage = match[1]
-            stages[stage] = stages.get(stage, 0) + seconds(*match.groups()[1:])
-            if pending and stage.startswith('eval_'):
-                notebooks.setdefault(stage.removeprefix('eval_'), {}).update(pending)
-            pending = {}
+            stages[match[1]] = stages.get(match[1], 0) + seconds(*match.groups()[1:])
     return stages, notebooks
 
 
@@ -75,6 +73,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--json', help='also write the times to this file')
     parser.add_argument('--log', help="report this build log's times instead of building")
+    parser.add_argument('--eval-seconds', action='store_true',
+                        help='write the times per notebook to tools/eval_seconds.json, '
+                             'the order of the next evaluation')
     args = parser.parse_args()
     if args.log:
         log = pathlib.Path(args.log).read_text()
@@ -96,6 +97,10 @@ def main():
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(total_s=total, stages_s=stages, notebooks_s=notebooks), f, indent=1)
+    if args.eval_seconds:
+        path = ROOT / 'tools' / 'eval_seconds.json'
+        path.write_text(json.dumps(notebooks, indent=1, sort_keys=True) + '\n')
+        print(f'wrote {path.relative_to(ROOT)}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,114 @@
+"""Evaluate the notebooks of both tabs with one queue, longest first.
+
+`d2lbook build eval [--tab jax]` evaluates one tab, two notebooks at a time, in
+the order of a Python set, which changes from run to run. With both tabs
+sharing the two slots of a 2-core machine, that order decided whether a
+3-minute JAX notebook started last and ran alone at the end (it did in about
+one build in two). Longest processing time first is the classic remedy: this
+script builds d2lbook's evaluation tasks for every tab, exactly as
+`d2lbook build eval` would, and runs them all through one d2lbook scheduler,
+ordered by how long each took when it was last measured (`EVAL_SECONDS`,
+written by `benchmarks/book_time.py --eval-seconds`). A notebook with no
+measurement goes first, as if it were the longest.
+
+    python tools/eval_both_tabs.py [--env TAB NAME=VALUE ...]
+
+`--env` sets an environment variable for the kernels of one tab only (the
+Makefile gives PyTorch kernels half of the cores, and JAX a compilation cache).
+Exits non-zero, naming the notebooks, if any notebook fails.
+"""
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import sys
+
+from d2lbook import build, config as d2lbook_config, resource
+
+EVAL_SECONDS = pathlib.Path(__file__).with_name('eval_seconds.json')
+
+
+class TaskCollector:
+    """Stands in for d2lbook's scheduler inside `Builder.eval`: it keeps the
+    tasks instead of running them, so that every tab's go into one queue."""
+    instances = []
+
+    def __init__(self, num_cpu_workers, num_gpu_workers):
+        self.tasks, self.failed_tasks, self.error_message = [], [], ''
+        TaskCollector.instances.append(self)
+
+    def add(self, num_cpus, num_gpus, target, args, description=''):
+        self.tasks.append((num_cpus, num_gpus, target, args, description))
+
+    def run(self):
+        pass
+
+
+def tab_tasks(tab):
+    """The evaluation tasks of one tab's out-of-date notebooks: d2lbook's own
+    eval finds them, cuts out the tab and prepares the folders; only its
+    scheduler is swapped for the collector."""
+    resource.Scheduler = TaskCollector
+    TaskCollector.instances.clear()  # a pool's process may make two tabs' tasks
+    build.Builder(d2lbook_config.Config(tab=tab)).eval()
+    return [task for collector in TaskCollector.instances for task in collector.tasks]
+
+
+def run_with_env(env, target, *args):
+    os.environ.update(env)  # inherited by the kernel that this task starts
+    return target(*args)
+
+
+def notebook_name(description):
+    """'chapter_vit/swin' from 'Evaluating ./chapter_vit/swin.md'."""
+    source = description.split('Evaluating ', 1)[-1]
+    return os.path.normpath(os.path.splitext(source)[0])
+
+
+def parse_env(parser, tabs, assignments):
+    env = {tab: {} for tab in tabs}
+    for tab, assignment in assignments:
+        if tab not in env or '=' not in assignment:
+            parser.error(f'--env {tab} {assignment}: expected a tab of {tabs} and NAME=VALUE')
+        name, value = assignment.split('=', 1)
+        env[tab][name] = value
+    return env
+
+
+def main():
+    logging.basicConfig(format='[eval_both_tabs] %(levelname)-6s %(message)s',
+                        level=logging.INFO)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--env', nargs=2, action='append', default=[],
+                        metavar=('TAB', 'NAME=VALUE'))
+    args = parser.parse_args()
+    tabs = d2lbook_config.Config().tabs
+    env = parse_env(parser, tabs, args.env)
+    seconds = json.loads(EVAL_SECONDS.read_text()) if EVAL_SECONDS.exists() else {}
+
+    # Each tab's tasks are made in a process of its own, at the same time:
+    # reading and cutting the notebooks takes d2lbook about 15 s per tab.
+    with multiprocessing.get_context('fork').Pool(len(tabs)) as pool:
+        queue = [(tab, task) for tab, tasks in zip(tabs, pool.map(tab_tasks, tabs, chunksize=1))
+                 for task in tasks]
+
+    def expected_seconds(item):
+        tab, task = item
+        return seconds.get(tab, {}).get(notebook_name(task[-1]), float('inf'))
+
+    queue.sort(key=expected_seconds, reverse=True)
+    gpus = resource.get_available_gpus()
+    scheduler = resource.Scheduler(len(gpus) if gpus else 2, len(gpus))
+    for tab, (num_cpus, num_gpus, target, task_args, description) in queue:
+        scheduler.add(num_cpus, num_gpus, run_with_env, (env[tab], target, *task_args),
+                      f'[{tab}] {description}')
+    scheduler.run()
+    if scheduler.failed_tasks:
+        logging.error(scheduler.error_message)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()
