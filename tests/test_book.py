@@ -56,7 +56,8 @@ EXERCISES = {
         ['Quick mode: minibatches of 8', 'ms per step', 'c0 =', 'GFLOP/s'],
         {'eval': [], 'eval_jax': ['compiled in']}),
     'chapter_vit/exercise-accuracy': (
-        ['Quick mode: 1 of 10 epochs on at most 512 training', '1 of 10 epochs, quick mode',
+        ['Quick mode: 1 of 10 epochs on at most 256 training and 256 validation',
+         '1 of 10 epochs, quick mode',
          '+ label smoothing'],
         {'eval': [], 'eval_jax': []}),
 }
