@@ -3,8 +3,8 @@
 `d2lbook build eval [--tab jax]` evaluates one tab, two notebooks at a time, in
 the order of a Python set, which changes from run to run. With both tabs
 sharing the two slots of a 2-core machine, that order decided whether a
-3-minute JAX notebook started last and ran alone at the end (it did in about
-one build in two). Longest processing time first is the classic remedy: this
+3-minute JAX notebook started last and ran alone at the end (in one build we
+timed, one slot idled for 103 s). Longest processing time first is the classic remedy: this
 script builds d2lbook's evaluation tasks for every tab, exactly as
 `d2lbook build eval` would, and runs them all through one d2lbook scheduler,
 ordered by how long each took when it was last measured (`EVAL_SECONDS`,
@@ -33,11 +33,10 @@ EVAL_SECONDS = pathlib.Path(__file__).with_name('eval_seconds.json')
 class TaskCollector:
     """Stands in for d2lbook's scheduler inside `Builder.eval`: it keeps the
     tasks instead of running them, so that every tab's go into one queue."""
-    instances = []
+    failed_tasks, error_message = [], ''
 
-    def __init__(self, num_cpu_workers, num_gpu_workers):
-        self.tasks, self.failed_tasks, self.error_message = [], [], ''
-        TaskCollector.instances.append(self)
+    def __init__(self):
+        self.tasks = []
 
     def add(self, num_cpus, num_gpus, target, args, description=''):
         self.tasks.append((num_cpus, num_gpus, target, args, description))
@@ -50,10 +49,10 @@ def tab_tasks(tab):
     """The evaluation tasks of one tab's out-of-date notebooks: d2lbook's own
     eval finds them, cuts out the tab and prepares the folders; only its
     scheduler is swapped for the collector."""
-    resource.Scheduler = TaskCollector
-    TaskCollector.instances.clear()  # a pool's process may make two tabs' tasks
+    collector = TaskCollector()
+    resource.Scheduler = lambda num_cpu_workers, num_gpu_workers: collector
     build.Builder(d2lbook_config.Config(tab=tab)).eval()
-    return [task for collector in TaskCollector.instances for task in collector.tasks]
+    return collector.tasks
 
 
 def run_with_env(env, target, *args):
