@@ -4,12 +4,12 @@
 the order of a Python set, which changes from run to run. With both tabs
 sharing the two slots of a 2-core machine, that order decided whether a
 3-minute JAX notebook started last and ran alone at the end (in one build we
-timed, one slot idled for 103 s). Longest processing time first is the classic remedy: this
-script builds d2lbook's evaluation tasks for every tab, exactly as
-`d2lbook build eval` would, and runs them all through one d2lbook scheduler,
-ordered by how long each took when it was last measured (`EVAL_SECONDS`,
-written by `benchmarks/book_time.py --eval-seconds`). A notebook with no
-measurement goes first, as if it were the longest.
+timed, one slot idled for 103 s). Longest processing time first is the
+classic remedy: this script builds d2lbook's evaluation tasks for every tab,
+exactly as `d2lbook build eval` would, and runs them all through one d2lbook
+scheduler, ordered by how long each took when it was last measured
+(`EVAL_SECONDS`, written by `benchmarks/book_time.py --eval-seconds`). A
+notebook with no measurement goes first, as if it were the longest.
 
     python tools/eval_both_tabs.py [--env TAB NAME=VALUE ...]
 
@@ -33,7 +33,9 @@ EVAL_SECONDS = pathlib.Path(__file__).with_name('eval_seconds.json')
 class TaskCollector:
     """Stands in for d2lbook's scheduler inside `Builder.eval`: it keeps the
     tasks instead of running them, so that every tab's go into one queue."""
-    failed_tasks, error_message = [], ''
+    # Builder.eval asserts that no task failed; none has run yet. Immutable,
+    # so that no collector can change what another reports.
+    failed_tasks, error_message = (), ''
 
     def __init__(self):
         self.tasks = []
