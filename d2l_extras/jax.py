@@ -6,6 +6,7 @@ with the same names and signatures. The part above the WARNING marker is
 written by hand; the part below is the chapter's ``#@save`` code, written by
 ``d2lbook build lib``.
 """
+import dataclasses
 import math
 import sys
 import time
@@ -18,7 +19,7 @@ import optax
 from flax import linen as nn
 from jax import numpy as jnp
 
-from d2l_extras import quick_mode
+from d2l_extras import quick_mode, trained_params
 from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
 from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
@@ -54,6 +55,35 @@ def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPO
     without an accelerator unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
     return quick_mode.run_size(max_epochs, jax.default_backend() != 'cpu', verbose,
                                quick_max_epochs, quick_num_train, quick_num_val)
+
+
+def hyperparameters(model):
+    """The arguments a Flax module was built with: its fields that are
+    constructor arguments (not d2l's board, not Flax's parent and name)."""
+    return {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
+            if field.init and field.name not in ('parent', 'name')}
+
+
+def save_trained(path, model, params, data, **settings):
+    """Save the `params` of `model`, trained on `data`, to `path`, with what
+    decided them: the hyperparameters of the model and of the data module, and
+    the keyword arguments (run size, seed). Writes a new file, then renames
+    it."""
+    record = {'settings': trained_params.settings_json(hyperparameters(model), data, settings),
+              'params': jax.device_get(params)}
+    trained_params.write_atomically(
+        path, lambda file: file.write(flax.serialization.msgpack_serialize(record)))
+
+
+def load_trained(path, model, data, **settings):
+    """The parameters that `save_trained` saved at `path`, if they were
+    trained for `model` with the same hyperparameters, data and settings;
+    otherwise print why not and return None."""
+    def read(file):
+        record = flax.serialization.msgpack_restore(file.read())
+        return record['settings'], jax.tree.map(jnp.asarray, record['params'])
+    expected = trained_params.settings_json(hyperparameters(model), data, settings)
+    return trained_params.load(path, expected, read)
 
 
 class FashionMNIST(FashionMNISTBatches, DataModule):

@@ -13,7 +13,7 @@ from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
-from d2l_extras import quick_mode
+from d2l_extras import quick_mode, trained_params
 from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
 from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
                                      check_window_grid, grid_pair, merged_grid, patch_grid)
@@ -31,6 +31,31 @@ def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPO
     without a GPU unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
     return quick_mode.run_size(max_epochs, torch.cuda.is_available(), verbose,
                                quick_max_epochs, quick_num_train, quick_num_val)
+
+
+def save_trained(path, model, data, **settings):
+    """Save the parameters of a d2l `model` trained on `data` to `path`, with
+    what decided them: the hyperparameters of the model and of the data module,
+    and the keyword arguments (run size, seed). Writes a new file, then
+    renames it."""
+    record = {'settings': trained_params.settings_json(model.hparams, data, settings),
+              'state_dict': model.state_dict()}
+    trained_params.write_atomically(path, lambda file: torch.save(record, file))
+
+
+def load_trained(path, model, data, **settings):
+    """Load into `model` the parameters that `save_trained` saved at `path`
+    and return True, if they were trained with the same hyperparameters, data
+    and settings; otherwise print why not and return False."""
+    def read(file):
+        record = torch.load(file, map_location='cpu', weights_only=True)
+        return record['settings'], record['state_dict']
+    expected = trained_params.settings_json(model.hparams, data, settings)
+    state_dict = trained_params.load(path, expected, read)
+    if state_dict is None:
+        return False
+    model.load_state_dict(state_dict)
+    return True
 
 
 class FashionMNIST(FashionMNISTBatches, d2l.DataModule):
