@@ -29,8 +29,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # d2lbook's log: '=== Finished "d2lbook build rst_all" in 00:00:18' and
 # 'Task "[jax] Evaluating ./chapter_vit/x.md" on CPU [1] is finished in 00:02:13'
+# (or 'in a chain is finished', from tools/eval_both_tabs.py for notebooks
+# that run one after another in one slot)
 STAGE = re.compile(r'=== Finished "d2lbook build (\w+)" in (\d+):(\d+):(\d+)')
-TASK = re.compile(r'Task "\[(\w+)\] Evaluating \./(\S+)\.md" on \w+ \[\d+\] '
+TASK = re.compile(r'Task "\[(\w+)\] Evaluating \./(\S+)\.md" (?:on \w+ \[\d+\]|in a chain) '
                   r'is finished in (\d+):(\d+):(\d+)')
 
 

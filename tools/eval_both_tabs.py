@@ -13,6 +13,9 @@ notebook with no measurement goes first, as if it were the longest.
 
     python tools/eval_both_tabs.py [--env TAB NAME=VALUE ...]
 
+A notebook that loads a file another notebook of its tab writes runs right
+after that notebook, in the same slot (`RUNS_AFTER`).
+
 `--env` sets an environment variable for the kernels of one tab only (the
 Makefile gives PyTorch kernels half of the cores, and JAX a compilation cache).
 Exits non-zero, naming the notebooks, if any notebook fails.
@@ -24,10 +27,14 @@ import multiprocessing
 import os
 import pathlib
 import sys
+import time
 
 from d2lbook import build, config as d2lbook_config, resource
 
 EVAL_SECONDS = pathlib.Path(__file__).with_name('eval_seconds.json')
+# what-vit-learns loads the parameters that the section trained and saved
+# (vit.params) instead of training the same model again.
+RUNS_AFTER = {'chapter_vit/what-vit-learns': 'chapter_vit/vision-transformer'}
 
 
 class TaskCollector:
@@ -62,6 +69,33 @@ def run_with_env(env, target, *args):
     return target(*args)
 
 
+def run_one_after_another(tab, tasks):
+    """Run d2lbook's tasks (target, args, description) in order, logging each
+    one's time as d2lbook does; raise the first failure once all have run."""
+    failure = None
+    for target, args, description in tasks:
+        start = time.monotonic()
+        try:
+            target(*args)
+        except Exception as error:  # d2lbook reports it; the next still runs
+            failure = failure or error
+        hours, rest = divmod(round(time.monotonic() - start), 3600)
+        logging.info(f'Task "[{tab}] {description}" in a chain is finished in '
+                     f'{hours:02d}:{rest // 60:02d}:{rest % 60:02d}')
+    if failure is not None:
+        raise failure
+
+
+def chains(tasks):
+    """One tab's tasks as lists to run one after another: a notebook of
+    RUNS_AFTER joins the list of the notebook it needs, when both are due."""
+    by_name = {notebook_name(task[-1]): [task] for task in tasks}
+    for later, earlier in RUNS_AFTER.items():
+        if later in by_name and earlier in by_name:
+            by_name[earlier] += by_name.pop(later)
+    return list(by_name.values())
+
+
 def notebook_name(description):
     """'chapter_vit/swin' from 'Evaluating ./chapter_vit/swin.md'."""
     source = description.split('Evaluating ', 1)[-1]
@@ -92,19 +126,27 @@ def main():
     # Each tab's tasks are made in a process of its own, at the same time:
     # reading and cutting the notebooks takes d2lbook about 15 s per tab.
     with multiprocessing.get_context('fork').Pool(len(tabs)) as pool:
-        queue = [(tab, task) for tab, tasks in zip(tabs, pool.map(tab_tasks, tabs, chunksize=1))
-                 for task in tasks]
+        queue = [(tab, chain) for tab, tasks in zip(tabs, pool.map(tab_tasks, tabs, chunksize=1))
+                 for chain in chains(tasks)]
 
     def expected_seconds(item):
-        tab, task = item
-        return seconds.get(tab, {}).get(notebook_name(task[-1]), float('inf'))
+        tab, chain = item
+        return sum(seconds.get(tab, {}).get(notebook_name(task[-1]), float('inf'))
+                   for task in chain)
 
     queue.sort(key=expected_seconds, reverse=True)
     gpus = resource.get_available_gpus()
     scheduler = resource.Scheduler(len(gpus) if gpus else 2, len(gpus))
-    for tab, (num_cpus, num_gpus, target, task_args, description) in queue:
-        scheduler.add(num_cpus, num_gpus, run_with_env, (env[tab], target, *task_args),
-                      f'[{tab}] {description}')
+    for tab, chain in queue:
+        if len(chain) == 1:
+            num_cpus, num_gpus, target, task_args, description = chain[0]
+            scheduler.add(num_cpus, num_gpus, run_with_env, (env[tab], target, *task_args),
+                          f'[{tab}] {description}')
+        else:
+            scheduler.add(max(task[0] for task in chain), max(task[1] for task in chain),
+                          run_with_env, (env[tab], run_one_after_another, tab,
+                                         [task[2:] for task in chain]),
+                          f'[{tab}] ' + ', then '.join(task[-1] for task in chain))
     scheduler.run()
     if scheduler.failed_tasks:
         logging.error(scheduler.error_message)

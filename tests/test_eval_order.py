@@ -1,0 +1,52 @@
+"""tools/eval_both_tabs.py: a notebook that loads what another notebook of its
+tab saves runs right after it, in the same slot, and each keeps its own time
+in the log that benchmarks/book_time.py reads."""
+import logging
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tools'))
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import book_time  # noqa: E402
+import eval_both_tabs  # noqa: E402
+
+
+def task(name):
+    """A task as d2lbook's eval makes it: (cpus, gpus, target, args, description)."""
+    return (1, 0, print, (name,), f'Evaluating ./{name}.md')
+
+
+def names(chains):
+    return [[eval_both_tabs.notebook_name(item[-1]) for item in chain] for chain in chains]
+
+
+def test_the_analysis_runs_after_the_section_that_saves_its_model():
+    tasks = [task('chapter_vit/what-vit-learns'), task('chapter_vit/swin'),
+             task('chapter_vit/vision-transformer')]
+    assert names(eval_both_tabs.chains(tasks)) == [
+        ['chapter_vit/swin'], ['chapter_vit/vision-transformer', 'chapter_vit/what-vit-learns']]
+
+
+def test_a_notebook_runs_alone_when_the_one_it_needs_is_up_to_date():
+    chains = names(eval_both_tabs.chains([task('chapter_vit/what-vit-learns')]))
+    assert chains == [['chapter_vit/what-vit-learns']]
+
+
+def test_a_chain_runs_every_notebook_in_order_and_logs_each_time(caplog):
+    ran = []
+
+    def fail(name):
+        ran.append(name)
+        raise RuntimeError(f'{name} failed')
+
+    chain = [(fail, ('first',), 'Evaluating ./chapter_vit/vision-transformer.md'),
+             (ran.append, ('second',), 'Evaluating ./chapter_vit/what-vit-learns.md')]
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError, match='first failed'):
+        eval_both_tabs.run_one_after_another('jax', chain)
+    assert ran == ['first', 'second']  # a failure does not stop the next notebook
+    _, seconds = book_time.parse(caplog.text)
+    assert seconds == {'jax': {'chapter_vit/vision-transformer': 0,
+                               'chapter_vit/what-vit-learns': 0}}
