@@ -44,6 +44,8 @@ def test_each_tab_evaluates_in_quick_mode_on_the_standin(book, folder, framework
     # The section's model learns in quick mode: at least three times chance
     accuracy = float(re.search(r'validation accuracy (\d\.\d+) on UCI digits', text)[1])
     assert accuracy > 0.3
+    # ... and is saved for the analysis section, next to the notebook
+    assert (book / 'build' / folder / 'chapter_vit' / 'vit.params').stat().st_size > 20e6
 
 
 # What each exercise notebook prints, in both tabs, and what only one tab prints.
@@ -91,7 +93,9 @@ def has_image(cell):
 def test_the_analysis_section_evaluates_in_both_tabs_with_every_figure(book, folder):
     nb = notebook(book, folder, ANALYSIS)
     text = outputs(nb)  # fails on any error output
-    for expected in ['Quick mode: 2 of 10 epochs', 'validation accuracy', 'the first 28 explain',
+    # The build runs the analysis after the section, so it loads the section's model
+    for expected in ['Quick mode: 2 of 10 epochs', 'Loaded the trained parameters from vit.params',
+                     'validation accuracy', 'the first 28 explain',
                      'neighbours minus the rest', 'uniform attention: 49.3 pixels', 'block 2:', '(14, 12)']:
         assert expected in text, f'{ANALYSIS} ({folder}) does not print {expected!r}'
     figures = figure_cells(nb)
@@ -103,8 +107,8 @@ def test_the_analysis_section_evaluates_in_both_tabs_with_every_figure(book, fol
 def test_the_analysis_section_shows_its_figures_in_both_tabs_of_the_html(book):
     html = (book / 'build' / 'html' / f'{ANALYSIS}.html').read_text()
     assert html.count('mdl-tabs__tab-bar code') >= 10
-    # 8 captioned figures and the training curves, once per framework
-    assert html.count('<img') >= 2 * 9
+    # 8 captioned figures, once per framework (the model is loaded: no training curves)
+    assert html.count('<img') >= 2 * 8
     assert html.count('<strong>Figure:</strong>') == 8
     assert '>Abnar and Zuidema, 2020</a>' in html and '>Lippe, 2022</a>' in html  # resolved :cite:
 
