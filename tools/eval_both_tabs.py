@@ -21,15 +21,15 @@ Makefile gives PyTorch kernels half of the cores, and JAX a compilation cache).
 Exits non-zero, naming the notebooks, if any notebook fails.
 """
 import argparse
+import datetime
 import json
 import logging
 import multiprocessing
 import os
 import pathlib
 import sys
-import time
 
-from d2lbook import build, config as d2lbook_config, resource
+from d2lbook import build, config as d2lbook_config, resource, utils
 
 EVAL_SECONDS = pathlib.Path(__file__).with_name('eval_seconds.json')
 # what-vit-learns loads the parameters that the section trained and saved
@@ -74,14 +74,13 @@ def run_one_after_another(tab, tasks):
     one's time as d2lbook does; raise the first failure once all have run."""
     failure = None
     for target, args, description in tasks:
-        start = time.monotonic()
+        start = datetime.datetime.now()
         try:
             target(*args)
         except Exception as error:  # d2lbook reports it; the next still runs
             failure = failure or error
-        hours, rest = divmod(round(time.monotonic() - start), 3600)
         logging.info(f'Task "[{tab}] {description}" in a chain is finished in '
-                     f'{hours:02d}:{rest // 60:02d}:{rest % 60:02d}')
+                     f'{utils.get_time_diff(start, datetime.datetime.now())}')
     if failure is not None:
         raise failure
 
