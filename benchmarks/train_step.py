@@ -10,6 +10,7 @@ ratio to timm measured in the same run, and the peak memory of a step.
 
     python benchmarks/train_step.py                  # the table
     python benchmarks/train_step.py --json out.json  # and the numbers as JSON
+    python benchmarks/train_step.py --dropout 0      # the step without dropout
     python benchmarks/train_step.py --bf16 --peak-tflops 989 \
         --configs 'd2l 96x96x1 p16' 'UvA 32x32x3 p4' 'ViT-B/16 224x224x3'   # on a GPU
 
@@ -43,7 +44,8 @@ CONFIGS = {
 }
 CPU_CONFIGS = ['d2l 96x96x1 p16', 'UvA 32x32x3 p4']
 IMPLEMENTATIONS = ['timm', 'ours (PyTorch)', 'd2l original (PyTorch)', 'ours (JAX)']
-BATCH_SIZE, DROPOUT, LR, NUM_CLASSES = 128, 0.1, 0.1, 10
+BATCH_SIZE, LR, NUM_CLASSES = 128, 0.1, 10
+DROPOUT = 0.1  # every dropout of the model; --dropout 0 times the step without
 
 
 def peak_rss_reset():
@@ -60,7 +62,7 @@ def rss_kib(field):
     raise RuntimeError(f'no {field} in /proc/self/status')
 
 
-def torch_model(implementation, config):
+def torch_model(implementation, config, dropout):
     import torch
     from torch import nn
     from d2l import torch as d2l
@@ -73,19 +75,19 @@ def torch_model(implementation, config):
         return VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=channels,
                                  num_classes=NUM_CLASSES, embed_dim=width, depth=blocks,
                                  num_heads=heads, mlp_ratio=mlp_width / width, qkv_bias=False,
-                                 pos_drop_rate=DROPOUT, proj_drop_rate=DROPOUT,
-                                 attn_drop_rate=DROPOUT)
-    model = extras.ViT(img_size, patch_size, width, mlp_width, heads, blocks, DROPOUT,
-                       DROPOUT, LR, num_channels=channels)
+                                 pos_drop_rate=dropout, proj_drop_rate=dropout,
+                                 attn_drop_rate=dropout)
+    model = extras.ViT(img_size, patch_size, width, mlp_width, heads, blocks, dropout,
+                       dropout, LR, num_channels=channels)
     if implementation == 'd2l original (PyTorch)':
         class D2LBlock(nn.Module):
             """The block as d2l writes it: d2l.MultiHeadAttention, explicit softmax."""
             def __init__(self):
                 super().__init__()
                 self.ln1 = nn.LayerNorm(width, eps=1e-6)
-                self.attention = d2l.MultiHeadAttention(width, heads, DROPOUT)
+                self.attention = d2l.MultiHeadAttention(width, heads, dropout)
                 self.ln2 = nn.LayerNorm(width, eps=1e-6)
-                self.mlp = extras.ViTMLP(mlp_width, width, DROPOUT)
+                self.mlp = extras.ViTMLP(mlp_width, width, dropout)
 
             def forward(self, X):
                 X = X + self.attention(*([self.ln1(X)] * 3), None)
@@ -104,13 +106,13 @@ def step_flops(config, library):
                                       BATCH_SIZE, channels, NUM_CLASSES))
 
 
-def time_torch(implementation, config, num_repeats, bf16):
+def time_torch(implementation, config, num_repeats, bf16, dropout):
     import torch
     from torch import nn
     from torch.nn import functional as F
     from d2l_extras import torch as extras
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    model = torch_model(implementation, config)
+    model = torch_model(implementation, config, dropout)
 
     class TrainingStepAdapter(nn.Module):
         """The model with the loss and optimizer that the library's timer calls
@@ -148,12 +150,12 @@ def time_torch(implementation, config, num_repeats, bf16):
                 num_parameters=sum(p.numel() for p in model.parameters()))
 
 
-def time_jax(config, num_repeats, bf16):
+def time_jax(config, num_repeats, bf16, dropout):
     import jax
     from jax import numpy as jnp
     from d2l_extras import jax as d2l
     img_size, patch_size, channels, width, mlp_width, heads, blocks = config
-    model = d2l.ViT(img_size, patch_size, width, mlp_width, heads, blocks, DROPOUT, DROPOUT,
+    model = d2l.ViT(img_size, patch_size, width, mlp_width, heads, blocks, dropout, dropout,
                     LR, num_channels=channels)
     X = jax.random.uniform(jax.random.key(1), (BATCH_SIZE, img_size, img_size, channels))
     y = jax.random.randint(jax.random.key(2), (BATCH_SIZE,), 0, NUM_CLASSES)
@@ -197,20 +199,21 @@ def time_jax(config, num_repeats, bf16):
                 num_parameters=sum(p.size for p in jax.tree.leaves(state.params)))
 
 
-def worker(implementation, config_name, num_repeats, bf16):
+def worker(implementation, config_name, num_repeats, bf16, dropout):
     config = CONFIGS[config_name]
     if implementation == 'ours (JAX)':
         from d2l_extras import jax as library
-        result = time_jax(config, num_repeats, bf16)
+        result = time_jax(config, num_repeats, bf16, dropout)
     else:
         from d2l_extras import torch as library
-        result = time_torch(implementation, config, num_repeats, bf16)
+        result = time_torch(implementation, config, num_repeats, bf16, dropout)
     return dict(result, flops=step_flops(config, library))
 
 
-def run_in_subprocess(implementation, config_name, num_repeats, bf16):
+def run_in_subprocess(implementation, config_name, num_repeats, bf16, dropout):
     out = subprocess.run([sys.executable, __file__, '--worker', implementation, config_name,
-                          '--repeats', str(num_repeats)] + (['--bf16'] if bf16 else []),
+                          '--repeats', str(num_repeats), '--dropout', str(dropout)]
+                         + (['--bf16'] if bf16 else []),
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f'{implementation} on {config_name} failed:\n{out.stderr[-3000:]}')
@@ -232,16 +235,19 @@ def main():
                         help='bfloat16 compute (PyTorch autocast; JAX bfloat16 copies)')
     parser.add_argument('--peak-tflops', type=float,
                         help="the device's peak TFLOP/s at this precision, for the 'of peak' column")
+    parser.add_argument('--dropout', type=float, default=DROPOUT,
+                        help='the rate of every dropout (0: the step without dropout)')
     parser.add_argument('--json', help='also write the results to this file')
     parser.add_argument('--worker', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.repeats, args.bf16)))
+        print(json.dumps(worker(*args.worker, args.repeats, args.bf16, args.dropout)))
         return
     rows = []
     for config_name in args.configs:
         for implementation in IMPLEMENTATIONS:
-            result = run_in_subprocess(implementation, config_name, args.repeats, args.bf16)
+            result = run_in_subprocess(implementation, config_name, args.repeats, args.bf16,
+                                       args.dropout)
             times = result.pop('times')
             seconds = statistics.median(times)
             rows.append(dict(result, implementation=implementation, config=config_name,
@@ -271,10 +277,11 @@ def main():
     print(f"\n{info['cores']} cores ({info['cpu']}), devices: {', '.join(devices)}; "
           f"Python {info['python']}, torch {info['torch']} with {info['torch_threads']} "
           f"threads; minibatch {BATCH_SIZE}, {'bfloat16' if args.bf16 else 'float32'}, "
+          f'dropout {args.dropout:g}, '
           f'{args.repeats} timed steps each')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(machine=info, devices=devices, batch_size=BATCH_SIZE,
+            json.dump(dict(machine=info, devices=devices, batch_size=BATCH_SIZE, dropout=args.dropout,
                            bf16=args.bf16, peak_tflops=args.peak_tflops,
                            repeats=args.repeats, results=rows), f, indent=1)
 
