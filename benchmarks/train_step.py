@@ -150,13 +150,19 @@ def time_torch(implementation, config, num_repeats, bf16, dropout):
                 num_parameters=sum(p.numel() for p in model.parameters()))
 
 
+def jax_model(config, dropout):
+    from d2l_extras import jax as d2l
+    img_size, patch_size, channels, width, mlp_width, heads, blocks = config
+    return d2l.ViT(img_size, patch_size, width, mlp_width, heads, blocks, dropout, dropout,
+                   LR, num_channels=channels)
+
+
 def time_jax(config, num_repeats, bf16, dropout):
     import jax
     from jax import numpy as jnp
     from d2l_extras import jax as d2l
-    img_size, patch_size, channels, width, mlp_width, heads, blocks = config
-    model = d2l.ViT(img_size, patch_size, width, mlp_width, heads, blocks, dropout, dropout,
-                    LR, num_channels=channels)
+    img_size, channels = config[0], config[2]
+    model = jax_model(config, dropout)
     X = jax.random.uniform(jax.random.key(1), (BATCH_SIZE, img_size, img_size, channels))
     y = jax.random.randint(jax.random.key(2), (BATCH_SIZE,), 0, NUM_CLASSES)
     # The Trainer's own jitted step (the section's exercise on image sizes
