@@ -10,7 +10,7 @@ frameworks lies in the parts or in how a step puts them together:
 * layer normalization, forward, and forward and backward together.
 
 Each part computes the same numbers in both frameworks from the same inputs
-(tests/test_benchmark.py checks it). Each framework runs in a process of its
+(tests/test_step_parts.py checks it). Each framework runs in a process of its
 own, and the table gives the median of the timed calls after two warm-up calls
 (JAX: of the compiled function).
 
@@ -63,8 +63,8 @@ def part_flops(part, shapes):
 
 
 def torch_parts(inputs):
-    """Each part as a function of no arguments; ``.numpy()`` of its result
-    gives the numbers."""
+    """Each part as a function of no arguments (``torch_numbers`` turns its
+    result into NumPy)."""
     import torch
     import torch.nn.functional as F
     X, dY, G = (torch.from_numpy(inputs[k]) for k in ('X', 'dY', 'G'))
