@@ -21,14 +21,13 @@ import importlib.metadata
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import BATCH_SIZE, CONFIGS, CPU_CONFIGS, machine  # noqa: E402
+from train_step import BATCH_SIZE, CONFIGS, CPU_CONFIGS, machine, run_worker  # noqa: E402
 
 FRAMEWORKS = ['PyTorch', 'JAX']
 PARTS = ['dense forward', 'dense input gradient', 'dense weight gradient',
@@ -161,11 +160,8 @@ def worker(framework, config_name, num_repeats):
 
 
 def run_in_subprocess(framework, config_name, num_repeats):
-    out = subprocess.run([sys.executable, __file__, '--worker', framework, config_name,
-                          '--repeats', str(num_repeats)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f'{framework} on {config_name} failed:\n{out.stderr[-3000:]}')
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, [framework, config_name, '--repeats', str(num_repeats)],
+                      f'{framework} on {config_name}')
 
 
 def main():

@@ -216,14 +216,20 @@ def worker(implementation, config_name, num_repeats, bf16, dropout):
     return dict(result, flops=step_flops(config, library))
 
 
-def run_in_subprocess(implementation, config_name, num_repeats, bf16, dropout):
-    out = subprocess.run([sys.executable, __file__, '--worker', implementation, config_name,
-                          '--repeats', str(num_repeats), '--dropout', str(dropout)]
-                         + (['--bf16'] if bf16 else []),
+def run_worker(script, arguments, what):
+    """Run ``script --worker arguments`` in a process of its own and return
+    the JSON of its last line of output."""
+    out = subprocess.run([sys.executable, script, '--worker', *arguments],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f'{implementation} on {config_name} failed:\n{out.stderr[-3000:]}')
+        raise RuntimeError(f'{what} failed:\n{out.stderr[-3000:]}')
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_in_subprocess(implementation, config_name, num_repeats, bf16, dropout):
+    return run_worker(__file__, [implementation, config_name, '--repeats', str(num_repeats),
+                                 '--dropout', str(dropout)] + (['--bf16'] if bf16 else []),
+                      f'{implementation} on {config_name}')
 
 
 def machine():
