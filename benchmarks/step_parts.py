@@ -7,7 +7,8 @@ frameworks lies in the parts or in how a step puts them together:
 * the three products of the MLP's first dense layer: the forward product, the
   input gradient and the weight gradient, each laid out as the framework's own
   dense layer and its backward pass lay it out;
-* layer normalization, forward, and forward and backward together.
+* layer normalization, forward, and forward and backward together (the
+  gradients of its input, scale and bias).
 
 Each part computes the same numbers in both frameworks from the same inputs
 (tests/test_step_parts.py checks it). Each framework runs in a process of its
@@ -90,15 +91,18 @@ def torch_parts(inputs):
         'dense weight gradient': without_grad(
             lambda: dY.reshape(-1, dY.shape[-1]).T @ X.reshape(-1, width)),
         'LayerNorm forward': without_grad(lambda: layer_norm(X)),
+        # The gradients of the input, the scale and the bias, as in a step
         'LayerNorm forward and backward': lambda: torch.autograd.grad(
-            layer_norm(X_leaf), (X_leaf, scale, bias), G)[0],
+            layer_norm(X_leaf), (X_leaf, scale, bias), G),
     }
 
 
 def torch_numbers(result):
-    """A part's result as NumPy, in JAX's layout (kernels as (in, out))."""
-    result = result.detach().numpy()
-    return result.T if result.ndim == 2 else result
+    """A part's results as a tuple of NumPy arrays, in JAX's layout (kernels
+    as (in, out))."""
+    results = result if isinstance(result, tuple) else (result,)
+    arrays = (r.detach().numpy() for r in results)
+    return tuple(a.T if a.ndim == 2 else a for a in arrays)
 
 
 def jax_parts(inputs):
@@ -120,11 +124,13 @@ def jax_parts(inputs):
         # and XLA drops the forward product, which neither gradient needs.
         return jax.vjp(dense_forward, X, W)[1](dY)
 
-    def layer_norm_forward(X):
-        return layer_norm.apply(layer_norm_params, X)
+    def layer_norm_forward(X, params=layer_norm_params):
+        return layer_norm.apply(params, X)
 
     def layer_norm_backward(X, G):
-        return jax.vjp(layer_norm_forward, X)[1](G)[0]
+        # The gradients of the input, the scale and the bias, as in a step
+        dX, grads = jax.vjp(layer_norm_forward, X, layer_norm_params)[1](G)
+        return dX, grads['params']['scale'], grads['params']['bias']
 
     parts = {
         'dense forward': (dense_forward, (X, W)),
@@ -138,7 +144,8 @@ def jax_parts(inputs):
 
 
 def jax_numbers(result):
-    return np.asarray(result)
+    """A part's results as a tuple of NumPy arrays."""
+    return tuple(np.asarray(r) for r in (result if isinstance(result, tuple) else (result,)))
 
 
 def median_seconds(call, num_repeats):

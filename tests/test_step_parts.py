@@ -25,9 +25,11 @@ def results():
 @pytest.mark.parametrize('part', step_parts.PARTS)
 def test_both_frameworks_compute_the_same_part(results, part):
     _, numbers = results
-    torch_result, jax_result = numbers[part]
-    assert torch_result.shape == jax_result.shape
-    np.testing.assert_allclose(torch_result, jax_result, rtol=1e-4, atol=1e-4)
+    torch_results, jax_results = numbers[part]
+    assert len(torch_results) == len(jax_results)
+    for torch_result, jax_result in zip(torch_results, jax_results):
+        assert torch_result.shape == jax_result.shape
+        np.testing.assert_allclose(torch_result, jax_result, rtol=1e-4, atol=1e-4)
 
 
 def test_the_dense_parts_are_the_products_they_name(results):
@@ -37,8 +39,16 @@ def test_the_dense_parts_are_the_products_they_name(results):
                 'dense input gradient': dY @ W.T,
                 'dense weight gradient': np.einsum('btd,btm->dm', X, dY)}
     for part, value in expected.items():
-        for framework_result in numbers[part]:
+        for (framework_result,) in numbers[part]:
             np.testing.assert_allclose(framework_result, value, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_backward_gives_all_three_gradients(results):
+    inputs, numbers = results
+    for dX, dscale, dbias in numbers['LayerNorm forward and backward']:
+        assert dX.shape == inputs['X'].shape
+        assert dscale.shape == dbias.shape == (SHAPES[2],)
+        np.testing.assert_allclose(dbias, inputs['G'].sum(axis=(0, 1)), rtol=1e-4, atol=1e-4)
 
 
 def test_the_configurations_have_the_token_counts_of_their_patches():
