@@ -19,7 +19,7 @@ import optax
 from flax import linen as nn
 from jax import numpy as jnp
 
-from d2l_extras import quick_mode, trained_params
+from d2l_extras import quick_mode, reference_runs, trained_params
 from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
 from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
@@ -84,6 +84,31 @@ def load_trained(path, model, data, **settings):
         return record['settings'], jax.tree.map(jnp.asarray, record['params'])
     expected = trained_params.settings_json(hyperparameters(model), data, settings)
     return trained_params.load(path, expected, read)
+
+
+def compare_with_reference(page, name, model, params, data, run, seed=0,
+                           keep_parameters=False):
+    """Show the reference run of the page's model `name` (its full settings,
+    recorded once) beside this run, trained to `params`. A full run with
+    D2L_VIT_RECORD set is recorded first, with `params` if `keep_parameters`."""
+    settings = flat = None
+    if keep_parameters and reference_runs.recording_folder(run) is not None:
+        settings = trained_params.settings_json(hyperparameters(model), data,
+                                                {'run': run, 'seed': seed})
+        flat = reference_runs.flatten(jax.device_get(params))
+    return reference_runs.compare(page, name, 'jax', model.board, hyperparameters(model),
+                                  data, run, settings, flat)
+
+
+def load_reference_parameters(page, name, model, data, run, seed=0):
+    """The parameters kept by the reference run of `name`, if that run trained
+    `model` on all of Fashion-MNIST with this data module's settings;
+    otherwise print why not and return None."""
+    expected = reference_runs.full_settings(hyperparameters(model), data, run, seed)
+    flat = reference_runs.load_kept_parameters(page, name, expected)
+    if flat is None:
+        return None
+    return jax.tree.map(jnp.asarray, reference_runs.unflatten(flat))
 
 
 class FashionMNIST(FashionMNISTBatches, DataModule):

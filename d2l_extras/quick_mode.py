@@ -8,6 +8,7 @@ says, so a quick run is the full run, only shorter.
 """
 import dataclasses
 
+from d2l_extras import reference_runs
 from d2l_extras.env_switch import env_switch
 
 ENV_VAR = 'D2L_VIT_QUICK'
@@ -60,6 +61,7 @@ def run_size(max_epochs, has_accelerator, verbose=True,
                        quick_num_train, quick_num_val)
     else:
         size = RunSize(False, max_epochs, max_epochs)
+    reference_runs.start_clock()
     if verbose:
         print(size)
     return size

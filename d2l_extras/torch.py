@@ -13,11 +13,12 @@ from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
-from d2l_extras import quick_mode, trained_params
+from d2l_extras import quick_mode, reference_runs, trained_params
 from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
 from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
                                      check_window_grid, grid_pair, merged_grid, patch_grid)
 from d2l_extras.timm_import import vit_from_timm
+from d2l_extras.torch_to_flax import params_from_torch, params_to_torch
 
 # The notebooks call this module `extras`; saved code that says `extras.ViT`
 # runs here unchanged.
@@ -55,6 +56,32 @@ def load_trained(path, model, data, **settings):
     if state_dict is None:
         return False
     model.load_state_dict(state_dict)
+    return True
+
+
+def compare_with_reference(page, name, model, data, run, seed=0,
+                           keep_parameters=False):
+    """Show the reference run of the page's model `name` (its full settings,
+    recorded once) beside this run. A full run with D2L_VIT_RECORD set is
+    recorded first, with its parameters if `keep_parameters`."""
+    settings = flat = None
+    if keep_parameters and reference_runs.recording_folder(run) is not None:
+        settings = trained_params.settings_json(model.hparams, data,
+                                                {'run': run, 'seed': seed})
+        flat = reference_runs.flatten(params_from_torch(model)['params'])
+    return reference_runs.compare(page, name, 'pytorch', model.board, model.hparams,
+                                  data, run, settings, flat)
+
+
+def load_reference_parameters(page, name, model, data, run, seed=0):
+    """Load into `model` the parameters kept by the reference run of `name`
+    and return True, if that run trained this model on all of Fashion-MNIST
+    with this data module's settings; otherwise print why not and return False."""
+    expected = reference_runs.full_settings(model.hparams, data, run, seed)
+    flat = reference_runs.load_kept_parameters(page, name, expected)
+    if flat is None:
+        return False
+    params_to_torch({'params': reference_runs.unflatten(flat)}, model)
     return True
 
 
