@@ -53,19 +53,27 @@ node_modules/.installed: package.json package-lock.json
 
 # System packages, installed with apt when missing (and we are root), as
 # command:packages pairs (packages separated by commas): pandoc for d2lbook's
-# HTML build, npm for js-deps, chromium for the browser test of the built book
-# (tests/test_site_browser.py), XeLaTeX with the LaTeX packages and fonts that
-# Sphinx's LaTeX output uses for `make pdf` (tests/test_pdf.py).
-SYSTEM_DEPS := pandoc:pandoc npm:npm chromium:chromium \
-	xelatex:texlive-xetex,texlive-latex-extra,fonts-freefont-otf latexmk:latexmk
+# HTML build, npm for js-deps, git and make for the tests' copies of the book,
+# chromium for the browser test of the built book (tests/test_site_browser.py),
+# XeLaTeX with the LaTeX packages and fonts that Sphinx's LaTeX output uses and
+# rsvg-convert for its SVG figures, for `make pdf` (tests/test_pdf.py).
+SYSTEM_DEPS := pandoc:pandoc npm:npm git:git make:make chromium:chromium \
+	xelatex:texlive-xetex,texlive-latex-extra,fonts-freefont-otf latexmk:latexmk \
+	rsvg-convert:librsvg2-bin
+# Data as file:package: the real Fashion-MNIST from Debian, so that the book
+# trains on it offline. Where apt is missing the loader downloads it instead.
+SYSTEM_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist
 system-deps:
 	@missing=; for dep in $(SYSTEM_DEPS); do \
 	  command -v $${dep%%:*} >/dev/null || missing="$$missing $$(echo $${dep#*:} | tr , ' ')"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing with apt-get:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "missing:$$missing (install with, for example: sudo apt-get install$$missing)" >&2; exit 1; fi; fi
+	data=; for dep in $(SYSTEM_DATA); do test -e $${dep%%:*} || data="$$data $${dep#*:}"; done; \
+	if [ -n "$$missing$$data" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing with apt-get:$$missing$$data"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing $$data >/dev/null; \
+	elif [ -n "$$missing" ]; then \
+	  echo "missing:$$missing (install with, for example: sudo apt-get install$$missing)" >&2; exit 1; \
+	elif [ -n "$$data" ]; then \
+	  echo "note:$$data is not installed: Fashion-MNIST will be downloaded (sudo apt-get install$$data)"; fi
 
 # Write the #@save code of the chapter into d2l_extras/ (below the WARNING marker).
 lib:

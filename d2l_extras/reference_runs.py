@@ -240,7 +240,7 @@ def save_parameters(path, flat_params, settings):
     write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
 
 
-def load_parameters(path, expected_settings):
+def load_parameters(path, expected_settings, otherwise='training the model here'):
     """The float32 ``{'a/b/kernel': array}`` that save_parameters wrote, if
     they were trained with ``expected_settings``; otherwise print why not and
     return None."""
@@ -250,7 +250,7 @@ def load_parameters(path, expected_settings):
         with np.load(file, allow_pickle=False) as npz:
             return str(npz['__settings__']), {k: npz[k].astype(np.float32)
                                                for k in npz.files if k != '__settings__'}
-    return trained_params.load(path, expected_settings, read)
+    return trained_params.load(path, expected_settings, read, otherwise)
 
 
 def flatten(tree, prefix=''):
@@ -332,13 +332,14 @@ def compare(page, name, framework, board, model_hparams, data, run,
     return record
 
 
-def load_kept_parameters(page, name, expected_settings, folder=None):
+def load_kept_parameters(page, name, expected_settings, folder=None,
+                         otherwise='looking for parameters trained here'):
     """The parameters that a reference run of ``name`` kept (either
     framework's run, both store Flax's names), if trained with
     ``expected_settings``; otherwise print why not and return None."""
     for framework in FRAMEWORKS:
         path = parameters_path(page, name, framework, folder)
         if path.exists():
-            return load_parameters(path, expected_settings)
-    print(f'No reference parameters for {page} ({name}) are recorded.')
+            return load_parameters(path, expected_settings, otherwise)
+    print(f'No reference run of {page} ({name}) kept its parameters: {otherwise}.')
     return None

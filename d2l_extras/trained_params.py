@@ -60,23 +60,24 @@ def differences(saved, expected):
                      for name in names)
 
 
-def load(path, expected, read):
+def load(path, expected, read, otherwise='training the model here'):
     """What ``read(file)`` returns after the settings, if the file at ``path``
-    was saved with the ``expected`` settings; otherwise print why not and
-    return None. ``read`` returns ``(settings_json, parameters)``."""
+    was saved with the ``expected`` settings; otherwise print why not and what
+    happens ``otherwise``, and return None. ``read`` returns
+    ``(settings_json, parameters)``."""
     try:
         with open(path, 'rb') as file:
             saved, parameters = read(file)
     except FileNotFoundError:
-        print(f'No {path} yet: training the model here.')
+        print(f'No {path} yet: {otherwise}.')
         return None
     except Exception as error:  # a truncated or foreign file, whatever its library says
-        print(f'Cannot read {path} ({type(error).__name__}: {error}); training the '
-              'model here (save it again, or delete it, to stop this message).')
+        print(f'Cannot read {path} ({type(error).__name__}: {error}); {otherwise} '
+              '(save it again, or delete it, to stop this message).')
         return None
     if saved != expected:
         print(f'{path} was trained with other settings ({differences(saved, expected)}); '
-              'training the model here.')
+              f'{otherwise}.')
         return None
     print(f'Loaded the trained parameters from {path}.')
     return parameters

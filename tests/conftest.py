@@ -19,9 +19,16 @@ VENV = pathlib.Path(sys.prefix)  # the environment the tests run in
 
 @pytest.fixture(autouse=True)
 def offline_quick_environment(monkeypatch, tmp_path_factory):
+    """In-process tests see no system copy of Fashion-MNIST, and so train on
+    the small stand-in; the builds of the book (subprocesses) use the real data
+    where it is installed. Nothing records reference runs."""
     monkeypatch.setenv('D2L_VIT_OFFLINE', '1')
     monkeypatch.setenv('D2L_VIT_QUICK', '1')
     monkeypatch.setenv('D2L_VIT_DATA', str(tmp_path_factory.mktemp('data')))
+    monkeypatch.delenv('D2L_VIT_FASHION_MNIST', raising=False)
+    monkeypatch.delenv('D2L_VIT_RECORD', raising=False)
+    from d2l_extras import fashion_mnist
+    monkeypatch.setattr(fashion_mnist, 'SYSTEM_FOLDERS', ())
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +68,7 @@ def book(tmp_path_factory, jax_cache):
     `build` target (library, both tabs' notebooks, HTML, Colab notebooks), with
     this environment's venv and node_modules; its make output is in build/make.log."""
     copy = copy_sources(tmp_path_factory.mktemp('book'))
-    env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1',
+    env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1', D2L_VIT_RECORD='',
                D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')),
                JAX_COMPILATION_CACHE_DIR=str(jax_cache))
     result = subprocess.run(['make', 'build', f'VENV={VENV}', f'NODE_MODULES={ROOT / "node_modules"}'],

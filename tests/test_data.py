@@ -1,5 +1,6 @@
 """The Fashion-MNIST loader: cache, checksums, atomic downloads, offline stand-in."""
 import gzip
+import os
 import hashlib
 import socket
 import threading
@@ -191,3 +192,87 @@ def test_training_batches_are_reshuffled_every_epoch():
     loader = data.train_dataloader()
     first, second = [np.concatenate([y for _, y in loader]) for _ in range(2)]
     assert sorted(first) == sorted(second) and not np.array_equal(first, second)
+
+
+@pytest.fixture
+def system_copy(small_fashion_mnist, tmp_path, monkeypatch):
+    """The tiny dataset recompressed, as Debian ships Fashion-MNIST: the .gz
+    checksums differ from the published ones, the contents' match."""
+    arrays, source = small_fashion_mnist
+    folder = tmp_path / 'system'
+    folder.mkdir()
+    raw = {}
+    for key, (file_name, _) in fashion_mnist.FILES.items():
+        data = idx_bytes(arrays[key])
+        raw[key] = hashlib.md5(data).hexdigest()
+        (folder / file_name).write_bytes(gzip.compress(data, compresslevel=1, mtime=1))
+        assert hashlib.md5((folder / file_name).read_bytes()).hexdigest() != fashion_mnist.FILES[key][1]
+    monkeypatch.setattr(fashion_mnist, 'RAW_MD5', raw)
+    monkeypatch.setattr(fashion_mnist, 'SYSTEM_FOLDERS', (str(folder),))
+    return arrays, folder
+
+
+def test_a_recompressed_system_copy_is_accepted_by_its_contents_checksums(system_copy, tmp_path, capsys):
+    arrays, folder = system_copy
+    data = fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+    np.testing.assert_array_equal(data.train_images, arrays['train_images'])
+    line, = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f'Fashion-MNIST from the system copy in {folder}: 40 training')
+    assert not (tmp_path / 'data' / 'fashion-mnist').exists(), 'nothing is copied or downloaded'
+
+
+def test_the_cache_comes_before_the_system_copy(system_copy, small_fashion_mnist, tmp_path, capsys):
+    _, source = small_fashion_mnist
+    cache = tmp_path / 'data' / 'fashion-mnist'
+    cache.mkdir(parents=True)
+    for file in source.iterdir():  # Zalando's own .gz files: their checksums match
+        (cache / file.name).write_bytes(file.read_bytes())
+    fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+    assert capsys.readouterr().out.startswith(f'Fashion-MNIST from the cache {cache}')
+
+
+def test_a_folder_named_by_the_environment_comes_before_debians(system_copy, tmp_path, monkeypatch, capsys):
+    _, folder = system_copy
+    named = tmp_path / 'named'
+    named.mkdir()
+    for file in folder.iterdir():
+        (named / file.name).write_bytes(file.read_bytes())
+    monkeypatch.setenv('D2L_VIT_FASHION_MNIST', str(named))
+    fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+    assert f'the system copy in {named}' in capsys.readouterr().out
+    monkeypatch.setenv('D2L_VIT_FASHION_MNIST', str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f'D2L_VIT_FASHION_MNIST={tmp_path} does not hold'):
+        fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+
+
+@pytest.mark.parametrize('damage', ['changed', 'truncated'])
+def test_a_damaged_system_copy_is_refused_naming_the_file_and_the_fix(system_copy, tmp_path, damage):
+    _, folder = system_copy
+    path = folder / fashion_mnist.FILES['val_images'][0]
+    data = gzip.decompress(path.read_bytes())
+    if damage == 'changed':  # a valid gzip of other contents
+        path.write_bytes(gzip.compress(data[:-1] + bytes([data[-1] ^ 1])))
+        expected = 'neither its MD5 checksum nor that of its contents'
+    else:
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+        expected = 'it is not a readable gzip file'
+    with pytest.raises(fashion_mnist.CorruptDataError,
+                       match=f'{path} is corrupt: {expected}.*Reinstall it'):
+        fashion_mnist.load_fashion_mnist(tmp_path / 'data')
+
+
+def test_without_any_copy_the_standin_is_used(tmp_path, capsys):
+    assert fashion_mnist.SYSTEM_FOLDERS == ()  # conftest hides the machine's copy
+    assert fashion_mnist.load_fashion_mnist(tmp_path).name.startswith('UCI digits')
+    assert 'not available offline' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not all(os.path.exists(os.path.join('/usr/share/datasets/fashion-mnist', f))
+                            for f, _ in fashion_mnist.FILES.values()),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_debians_copy_is_the_real_fashion_mnist(monkeypatch, tmp_path):
+    monkeypatch.setattr(fashion_mnist, 'SYSTEM_FOLDERS', ('/usr/share/datasets/fashion-mnist',))
+    data = fashion_mnist.load_fashion_mnist(tmp_path)
+    assert data.name == 'Fashion-MNIST' and data.train_images.shape == (60000, 28, 28)
+    assert data.val_images.shape == (10000, 28, 28)
+    assert abs(data.train_images.mean() / 255 - 0.2860) < 1e-4
