@@ -86,18 +86,21 @@ def load_trained(path, model, data, **settings):
     return trained_params.load(path, expected, read)
 
 
-def compare_with_reference(page, name, model, params, data, run, seed=0,
-                           keep_parameters=False):
-    """Show the reference run of the page's model `name` (its full settings,
-    recorded once) beside this run, trained to `params`. A full run with
-    D2L_VIT_RECORD set is recorded first, with `params` if `keep_parameters`."""
-    settings = flat = None
-    if keep_parameters and reference_runs.recording_folder(run) is not None:
-        settings = trained_params.settings_json(hyperparameters(model), data,
+def compare_with_reference(page, models, data, run, seed=0, params=None):
+    """Show the reference runs of a page's `models` (a dict of trained models
+    by name; the full settings, recorded once) beside this run's; `data` is
+    their data module, or a dict of them by name. A full run with
+    D2L_VIT_RECORD set is recorded first, keeping the trained `params` given
+    by name."""
+    keep = reference_runs.recording_folder(run) is not None and params or {}
+    data = data if isinstance(data, dict) else dict.fromkeys(models, data)
+    runs = {name: (model.board, hyperparameters(model), data[name],
+                   trained_params.settings_json(hyperparameters(model), data[name],
                                                 {'run': run, 'seed': seed})
-        flat = reference_runs.flatten(jax.device_get(params))
-    return reference_runs.compare(page, name, 'jax', model.board, hyperparameters(model),
-                                  data, run, settings, flat)
+                   if name in keep else None,
+                   reference_runs.flatten(jax.device_get(keep[name])) if name in keep else None)
+            for name, model in models.items()}
+    return reference_runs.compare(page, 'jax', runs, run)
 
 
 def load_reference_parameters(page, name, model, data, run, seed=0):

@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ class RecordError(ValueError):
 def record_path(page, name, framework, folder=None):
     if framework not in FRAMEWORKS:
         raise ValueError(f'framework={framework!r}: use one of {FRAMEWORKS}')
-    return pathlib.Path(folder or FOLDER) / f'{page}--{name}--{framework}.json'
+    slug = re.sub(r'[^A-Za-z0-9_.]+', '-', name).strip('-')  # '+ label smoothing'
+    return pathlib.Path(folder or FOLDER) / f'{page}--{slug}--{framework}.json'
 
 
 def parameters_path(page, name, framework, folder=None):
@@ -288,48 +290,58 @@ def full_settings(model_hparams, data, run, seed):
     return trained_params.settings_json(model_hparams, FullData, {'run': full_run, 'seed': seed})
 
 
-def plot_with_reference(board, record, labels=('val_loss', 'val_acc'), figsize=(7, 2.5)):
-    """This run's curves (a ProgressBoard) beside the reference record's."""
+def plot_with_reference(boards, records, labels=('val_loss', 'val_acc'), figsize=(7, 2.5)):
+    """Each run's curves (ProgressBoards, by name) beside its reference
+    record's, in the same colour, dashed."""
     from d2l_extras import plotting
     plotting.use_svg_display()
-    reference = HistoryBoard(record['history'])
     _, axes = plotting.plt.subplots(1, len(labels), figsize=figsize)
+    single = len(boards) == 1
     for axis, label in zip(axes, labels):
-        for name, source, style in (('this run', board, '-o'), ('reference', reference, '--s')):
-            if source.data.get(label):
-                x, y = zip(*source.data[label])
-                axis.plot(x, y, style, label=name)
+        for i, (name, board) in enumerate(boards.items()):
+            colour = f'C{i}'
+            for source, style, suffix in ((board, '-o', 'this run'),
+                                          (records.get(name), '--s', 'reference')):
+                if isinstance(source, dict):
+                    source = HistoryBoard(source['history'])
+                if source is not None and source.data.get(label):
+                    x, y = zip(*source.data[label])
+                    axis.plot(x, y, style, color=colour, markersize=4,
+                              label=suffix if single else f'{name}, {suffix}')
         axis.set_xlabel('epoch')
         axis.set_ylabel(label.replace('_', ' '))
         axis.grid()
-        axis.legend()
+        axis.legend(fontsize='small')
     plotting.plt.tight_layout()
     plotting.plt.show()
 
 
-def compare(page, name, framework, board, model_hparams, data, run,
-            settings_json=None, flat_params=None):
-    """Record this run when recording is on (see recording_folder), then show
-    the reference run beside it, or say in one line that none is recorded.
-    Returns the reference record (or None)."""
+def compare(page, framework, runs, run):
+    """Record each of ``runs`` when recording is on (see recording_folder),
+    then show the reference runs beside them, or say in one line that none is
+    recorded. ``runs`` maps a name to (board, model hyperparameters, data
+    module, settings of kept parameters or None, flat parameters or None).
+    Returns the reference records found, by name."""
     folder = recording_folder(run)
     if folder is not None:
-        record = make_record(page, name, framework, model_hparams, data, run,
-                             history_from_board(board))
-        path = write_record(record, folder)
-        if flat_params is not None:
-            save_parameters(parameters_path(page, name, framework, folder),
-                            flat_params, settings_json)
-        print(f'Recorded this run as {path}.')
+        for name, (board, hparams, data, settings, flat) in runs.items():
+            record = make_record(page, name, framework, hparams, data, run,
+                                 history_from_board(board))
+            path = write_record(record, folder)
+            if flat is not None:
+                save_parameters(parameters_path(page, name, framework, folder), flat, settings)
+            print(f'Recorded this run as {path}.')
         start_clock()
-    record = find_record(page, name, framework)
-    if record is None:
-        print(f'No reference run is recorded for {page} ({name}) yet: '
+    records = {name: record for name in runs
+               if (record := find_record(page, name, framework)) is not None}
+    if not records:
+        print(f'No reference run is recorded for {page} ({", ".join(runs)}) yet: '
               'tools/reference_runs.py records one.')
-        return None
-    print(describe(record))
-    plot_with_reference(board, record)
-    return record
+        return records
+    for name, record in records.items():
+        print(('' if len(runs) == 1 else f'{name}: ') + describe(record))
+    plot_with_reference({name: board for name, (board, *_) in runs.items()}, records)
+    return records
 
 
 def load_kept_parameters(page, name, expected_settings, folder=None,

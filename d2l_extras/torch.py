@@ -59,18 +59,20 @@ def load_trained(path, model, data, **settings):
     return True
 
 
-def compare_with_reference(page, name, model, data, run, seed=0,
-                           keep_parameters=False):
-    """Show the reference run of the page's model `name` (its full settings,
-    recorded once) beside this run. A full run with D2L_VIT_RECORD set is
-    recorded first, with its parameters if `keep_parameters`."""
-    settings = flat = None
-    if keep_parameters and reference_runs.recording_folder(run) is not None:
-        settings = trained_params.settings_json(model.hparams, data,
-                                                {'run': run, 'seed': seed})
-        flat = reference_runs.flatten(params_from_torch(model)['params'])
-    return reference_runs.compare(page, name, 'pytorch', model.board, model.hparams,
-                                  data, run, settings, flat)
+def compare_with_reference(page, models, data, run, seed=0, keep_parameters=False):
+    """Show the reference runs of a page's `models` (a dict of trained models
+    by name; the full settings, recorded once) beside this run's; `data` is
+    their data module, or a dict of them by name. A full run with
+    D2L_VIT_RECORD set is recorded first, with the parameters if
+    `keep_parameters`."""
+    keep = keep_parameters and reference_runs.recording_folder(run) is not None
+    data = data if isinstance(data, dict) else dict.fromkeys(models, data)
+    runs = {name: (model.board, model.hparams, data[name],
+                   trained_params.settings_json(model.hparams, data[name],
+                                                {'run': run, 'seed': seed}) if keep else None,
+                   reference_runs.flatten(params_from_torch(model)['params']) if keep else None)
+            for name, model in models.items()}
+    return reference_runs.compare(page, 'pytorch', runs, run)
 
 
 def load_reference_parameters(page, name, model, data, run, seed=0):

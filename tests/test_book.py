@@ -9,8 +9,19 @@ import re
 
 import pytest
 
+from d2l_extras import fashion_mnist, reference_runs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTION = 'chapter_vit/vision-transformer'
+# Where Debian's copy of Fashion-MNIST is installed (as `make system-deps`
+# installs it), the book must train on it; elsewhere on the stand-in.
+SYSTEM_COPY = all((pathlib.Path(fashion_mnist.SYSTEM_FOLDERS[0]) / name).exists()
+                  for name, _ in fashion_mnist.FILES.values())
+DATASET = 'Fashion-MNIST' if SYSTEM_COPY else 'UCI digits (offline stand-in)'
+DATA_LINE = ('Fashion-MNIST from the system copy' if SYSTEM_COPY
+             else 'Fashion-MNIST is not available offline')
+# The section's reference run, with the parameters what-vit-learns loads
+SECTION_REFERENCE = reference_runs.parameters_path('vision-transformer', 'vit', 'pytorch').exists()
 
 
 def notebook(book, folder, page=SECTION):
@@ -34,18 +45,45 @@ def test_the_library_is_in_step_with_the_book(book):
 
 
 @pytest.mark.parametrize('folder, framework_line', [('eval', 'import torch'), ('eval_jax', 'import jax')])
-def test_each_tab_evaluates_in_quick_mode_on_the_standin(book, folder, framework_line):
+def test_each_tab_evaluates_in_quick_mode_on_the_real_data(book, folder, framework_line):
     nb = notebook(book, folder)
     sources = '\n'.join(''.join(cell['source']) for cell in nb['cells'] if cell['cell_type'] == 'code')
     assert framework_line in sources
     text = outputs(nb)
     assert 'Quick mode: 2 of 10 epochs' in text
-    assert 'Fashion-MNIST is not available offline' in text
+    assert DATA_LINE in text
     # The section's model learns in quick mode: at least three times chance
-    accuracy = float(re.search(r'validation accuracy (\d\.\d+) on UCI digits', text)[1])
+    accuracy = float(re.search(rf'validation accuracy (\d\.\d+) on {re.escape(DATASET)}', text)[1])
     assert accuracy > 0.3
+    # ... and shows the reference run of the full settings beside its own
+    if SECTION_REFERENCE:
+        assert re.search(r'Reference run \(PyTorch, .*: 10 epochs on 60,000 Fashion-MNIST training '
+                         r'images, validated on 10,000, .* validation accuracy 0\.\d{3}\.', text)
+    else:
+        assert 'No reference run is recorded for vision-transformer (vit) yet' in text
     # ... and is saved for the analysis section, next to the notebook
     assert (book / 'build' / folder / 'chapter_vit' / 'vit.params').stat().st_size > 20e6
+
+
+@pytest.mark.skipif(not SYSTEM_COPY, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+def test_no_page_trains_on_the_standin_while_the_real_data_is_installed(book, folder):
+    pages = sorted((book / 'build' / folder / 'chapter_vit').glob('*.ipynb'))
+    assert len(pages) >= 8
+    for page in pages:
+        text = outputs(json.loads(page.read_text()))
+        assert 'Fashion-MNIST is not available offline' not in text, f'{page.name} used the stand-in'
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+@pytest.mark.parametrize('page', ['exercise-pooling', 'exercise-accuracy', 'vit-vs-cnn', 'deit', 'swin'])
+def test_each_page_that_trains_shows_its_reference_run_or_says_there_is_none(book, folder, page):
+    text = outputs(notebook(book, folder, f'chapter_vit/{page}'))
+    recorded = sorted(reference_runs.FOLDER.glob(f'{page}--*.json'))
+    if recorded:
+        assert 'Reference run (' in text, f'{page} ({folder}) does not show {recorded}'
+    else:
+        assert re.search(rf'^No reference run is recorded for {page} \(.*\) yet', text, re.MULTILINE)
 
 
 # What each exercise notebook prints, in both tabs, and what only one tab prints.
@@ -94,7 +132,10 @@ def test_the_analysis_section_evaluates_in_both_tabs_with_every_figure(book, fol
     nb = notebook(book, folder, ANALYSIS)
     text = outputs(nb)  # fails on any error output
     # The build runs the analysis after the section, so it loads the section's model
-    for expected in ['Quick mode: 2 of 10 epochs', 'Loaded the trained parameters from vit.params',
+    loaded = ('Loaded the trained parameters from ' +
+              (str(reference_runs.FOLDER / 'vision-transformer--vit--pytorch.npz')
+               if SECTION_REFERENCE else 'vit.params'))
+    for expected in ['Quick mode: 2 of 10 epochs', loaded,
                      'validation accuracy', 'the first 28 explain',
                      'neighbours minus the rest', 'uniform attention: 49.3 pixels', 'block 2:', '(14, 12)']:
         assert expected in text, f'{ANALYSIS} ({folder}) does not print {expected!r}'
@@ -128,8 +169,8 @@ def test_the_swin_section_evaluates_in_both_tabs_with_every_figure(book, folder)
     slopes = {name: (float(time), float(memory)) for name, time, memory in re.findall(
         r'(global|windowed): time grows as n\^([\d.]+), memory as n\^([\d.]+)', text)}
     assert slopes['global'][1] > 1.8 and 0.8 < slopes['windowed'][1] < 1.2, slopes
-    # The small Swin learns in quick mode: above chance (0.1) on the stand-in
-    accuracy = float(re.search(r'validation accuracy (\d\.\d+) on UCI digits', text)[1])
+    # The small Swin learns in quick mode: above chance (0.1)
+    accuracy = float(re.search(rf'validation accuracy (\d\.\d+) on {re.escape(DATASET)}', text)[1])
     assert accuracy > 0.15
     figures = figure_cells(nb)
     assert len(figures) == 2, 'the shifted-window mask and the cost of attention'
@@ -195,14 +236,14 @@ def test_the_vit_vs_cnn_page_evaluates_in_both_tabs_with_every_figure(book, fold
                      'ViT: 3,190,538 parameters', 'ResNet-18: 2,799,114 parameters',
                      'Quick mode: 2 of 10 epochs on at most 256 training and 128 validation',
                      'Quick mode: 1 of 20 epochs on at most 256 training and 128 validation',
-                     'Fashion-MNIST is not available offline', 'CIFAR-10 is not available offline',
+                     DATA_LINE, 'CIFAR-10 is not available offline',
                      'UCI digits, each in a random colour', '[26, 77]']:
         assert expected in text, f'{VIT_VS_CNN} ({folder}) does not print {expected!r}'
     # The table of final accuracies: both models, at the three training-set sizes
     rows = re.findall(r'^(26|77|256) +(\d\.\d{3}) +(\d\.\d{3})$', text, re.MULTILINE)
     assert [row[0] for row in rows] == ['26', '77', '256']
     assert all(0 <= float(acc) <= 1 for row in rows for acc in row[1:])
-    for dataset in ['UCI digits (offline stand-in)', 'UCI digits in colour (offline stand-in)']:
+    for dataset in [DATASET, 'UCI digits in colour (offline stand-in)']:
         for model in ['ViT', 'ResNet-18']:
             assert re.search(rf'{model}: validation accuracy \d\.\d{{3}} on {re.escape(dataset)}', text)
     figures = figure_cells(nb)

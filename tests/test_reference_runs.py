@@ -121,7 +121,7 @@ def test_only_a_full_run_with_the_switch_set_is_recorded(monkeypatch, tmp_path):
 def test_a_page_says_in_one_line_that_no_reference_is_recorded(data, folder, capsys):
     model = torch_vit(seed=0)
     model.board = Board()
-    assert extras.compare_with_reference('page', 'vit', model, data, FULL) is None
+    assert extras.compare_with_reference('page', {'vit': model}, data, FULL) == {}
     line, = capsys.readouterr().out.strip().splitlines()
     assert line.startswith('No reference run is recorded for page (vit) yet')
 
@@ -131,7 +131,7 @@ def test_a_page_shows_the_reference_with_a_line_saying_what_it_was(data, folder,
     reference_runs.write_record(record(data), folder)
     model = d2l.ViT(*SMALL_VIT, 0.1)
     model.board.data = Board().data
-    shown = d2l.compare_with_reference('page', 'vit', model, None, data, FULL)
+    shown = d2l.compare_with_reference('page', {'vit': model}, data, FULL)['vit']
     line, = capsys.readouterr().out.strip().splitlines()
     assert shown['final_val_acc'] == 0.625  # the JAX tab shows the PyTorch record
     assert line.startswith('Reference run (PyTorch, ') and 'validation accuracy 0.625' in line
@@ -145,7 +145,8 @@ def test_a_full_run_is_recorded_with_its_parameters_and_both_tabs_load_them(
     full = full_data()
     trained = torch_vit(seed=0)
     trained.board = Board()
-    extras.compare_with_reference(*SECTION, trained, full, FULL, keep_parameters=True)
+    extras.compare_with_reference(SECTION[0], {SECTION[1]: trained}, full, FULL,
+                                  keep_parameters=True)
     assert 'Recorded this run as' in capsys.readouterr().out
     assert reference_runs.read_record(*SECTION, 'pytorch')['dataset']['num_train'] == len(
         full.arrays.train_labels)
@@ -164,12 +165,30 @@ def test_a_full_run_is_recorded_with_its_parameters_and_both_tabs_load_them(
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
+def test_parameters_kept_by_a_jax_run_load_into_the_pytorch_model(data, folder, monkeypatch, capsys):
+    monkeypatch.setenv('D2L_VIT_RECORD', str(folder))
+    model = d2l.ViT(*SMALL_VIT, 0.1)
+    X = np.random.default_rng(0).random((2, 32, 32, 1), np.float32)
+    params = model.init(jax.random.key(0), jnp.asarray(X))['params']
+    model.board.data = Board().data
+    d2l.compare_with_reference(SECTION[0], {SECTION[1]: model}, full_data(), FULL,
+                               params={SECTION[1]: params})
+    assert reference_runs.parameters_path(*SECTION, 'jax').exists()
+    pytorch = torch_vit(seed=1)
+    assert extras.load_reference_parameters(*SECTION, pytorch, data, FULL)
+    rounded = jax.tree.map(lambda p: p.astype(jnp.float16).astype(jnp.float32), params)
+    expected = model.apply({'params': rounded}, jnp.asarray(X))
+    logits = pytorch.eval()(torch.from_numpy(X.transpose(0, 3, 1, 2))).detach().numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
 def test_parameters_of_another_model_or_other_data_are_refused(data, folder, monkeypatch, capsys):
     monkeypatch.setenv('D2L_VIT_RECORD', str(folder))
     full = full_data()
     trained = torch_vit(seed=0)
     trained.board = Board()
-    extras.compare_with_reference(*SECTION, trained, full, FULL, keep_parameters=True)
+    extras.compare_with_reference(SECTION[0], {SECTION[1]: trained}, full, FULL,
+                                  keep_parameters=True)
     capsys.readouterr()
     assert not extras.load_reference_parameters(*SECTION, torch_vit(seed=0, lr=0.05), data, FULL)
     assert 'other settings (model.lr=0.1 there, 0.05 here)' in capsys.readouterr().out
@@ -186,9 +205,9 @@ def test_without_kept_parameters_the_page_says_so(data, folder, capsys):
 def test_every_committed_record_is_valid_and_its_parameters_load():
     records = sorted(reference_runs.FOLDER.glob('*.json'))
     for path in records:
-        page, name, framework = path.stem.split('--')
-        record = reference_runs.read_record(page, name, framework)
-        assert record['page'] == page and record['name'] == name
+        record = json.loads(path.read_text())
+        reference_runs.validate(record, str(path))
+        assert path == reference_runs.record_path(record['page'], record['name'], record['framework'])
         assert not record['training']['quick'] and record['dataset']['name'] == 'Fashion-MNIST'
         assert not record['commit'].endswith('-dirty'), f'{path} was recorded from uncommitted code'
     for path in sorted(reference_runs.FOLDER.glob('*.npz')):
