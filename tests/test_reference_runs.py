@@ -215,3 +215,24 @@ def test_every_committed_record_is_valid_and_its_parameters_load():
         assert path.stat().st_size <= 15 * 2**20
         with np.load(path, allow_pickle=False) as npz:
             assert all(npz[k].dtype == np.float16 for k in npz.files if k != '__settings__')
+
+
+def test_a_page_cut_as_a_script_runs_the_code_of_d2lbooks_notebook_of_its_tab():
+    """tools/reference_runs.py --script (for a GPU machine without Jupyter or
+    d2lbook) cuts the tabs itself; d2lbook only sorts the imports differently."""
+    import pathlib
+    import re
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / 'tools'))
+    import reference_runs as runner
+
+    def words(code):
+        return sorted(re.split(r'[\s,()]+', code))
+    for page in ['vision-transformer', 'deit', 'swin']:
+        for tab in runner.TABS:
+            ours = runner.tab_code_cells(page, tab)
+            theirs = [cell.source for cell in runner.tab_notebook(page, tab).cells
+                      if cell.cell_type == 'code']
+            assert len(ours) == len(theirs)
+            for mine, d2lbooks in zip(ours, theirs):
+                assert mine == d2lbooks or words(mine) == words(d2lbooks), (page, tab, mine[:200])
