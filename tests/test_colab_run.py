@@ -19,6 +19,8 @@ import sysconfig
 
 import pytest
 
+from d2l_extras import reference_runs
+
 from conftest import copy_sources
 
 SECTION = 'chapter_vit/vision-transformer'
@@ -148,6 +150,9 @@ def test_the_colab_notebook_installs_what_it_needs_and_runs(colab_runs, folder):
     assert 'error' not in [out['output_type'] for cell in cells for out in cell.get('outputs', [])]
     assert 'Quick mode: 2 of 10 epochs' in everything
     assert 'validation accuracy' in everything
+    # The reference runs are package data: the installed package shows them
+    if reference_runs.read_record('vision-transformer', 'vit', 'pytorch'):
+        assert 'Reference run (PyTorch, ' in everything
     where = dict(line.split(' ', 1) for line in text(cells[-1]).strip().splitlines())
     assert sorted(where) == sorted(INSTALLS[folder])
     for module, path in where.items():
