@@ -75,9 +75,11 @@ system-deps:
 	elif [ -n "$$data" ]; then \
 	  echo "note:$$data is not installed: Fashion-MNIST will be downloaded (sudo apt-get install$$data)"; fi
 
-# Write the #@save code of the chapter into d2l_extras/ (below the WARNING marker).
+# Write the #@save code of the chapter into d2l_extras/ (below the WARNING
+# marker), each saved object keeping its whole docstring (see the script).
 lib:
 	d2lbook build lib
+	$(PYTHON) tools/merge_saved_docstrings.py d2l_extras/torch.py d2l_extras/jax.py
 
 # Both tabs' notebooks are evaluated by one queue, two at a time on a machine
 # without a GPU, longest first by the times in tools/eval_seconds.json (see

@@ -512,7 +512,6 @@ def show_patch_sequence(image, patches, figsize=(9, 3.6)):
     bottom.axis('off')
 
 def patch_embedding_components(kernel, num_components=28):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """The first principal components of the patch-embedding filters.
 
     `kernel` is the patch convolution's kernel, (p, p, channels, num_hiddens):
@@ -520,7 +519,9 @@ def patch_embedding_components(kernel, num_components=28):
     the components shaped like filters, (num_components, p, p, channels), as
     orthonormal directions, and the fraction of the filters' variance that
     each explains. A component's sign is arbitrary; we make its largest entry
-    positive, so that both frameworks draw the same pictures."""
+    positive, so that both frameworks draw the same pictures.
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     filters = kernel.reshape(-1, kernel.shape[-1]).T  # one filter per row
     if not 0 < num_components <= min(filters.shape):
         raise ValueError(f'num_components={num_components} must be between 1 '
@@ -537,12 +538,13 @@ def patch_embedding_components(kernel, num_components=28):
 
 def position_embedding_similarity(pos_embedding, grid_size,
                                   num_prefix_tokens=1):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """Cosine similarity of each patch position's embedding with every other's.
 
     `pos_embedding` has shape (1, tokens, num_hiddens); the first
     `num_prefix_tokens` (the class token) are left out. Returns shape
-    (grid height, grid width, grid height, grid width)."""
+    (grid height, grid width, grid height, grid width).
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     height, width = check_token_grid(pos_embedding.shape[1], grid_size,
                                      num_prefix_tokens)
     P = pos_embedding[0, num_prefix_tokens:]
@@ -550,9 +552,10 @@ def position_embedding_similarity(pos_embedding, grid_size,
     return (P @ P.T).reshape(height, width, height, width)
 
 def show_position_similarity(similarity, scale=0.6):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """Draw one heat map per patch position: its embedding's cosine
-    similarity with every position, laid out as the grid of patches."""
+    similarity with every position, laid out as the grid of patches.
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     d2l.use_svg_display()
     similarity = np.asarray(similarity)
     height, width = similarity.shape[:2]
@@ -571,21 +574,23 @@ def show_position_similarity(similarity, scale=0.6):
     fig.colorbar(picture, ax=axes, shrink=0.8, label='cosine similarity')
 
 def class_token_attention(attention, grid_size):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """The class token's attention to each patch, as the grid of patches.
 
     `attention` has shape (..., tokens, tokens) with the class token first;
-    returns shape (..., grid height, grid width)."""
+    returns shape (..., grid height, grid width).
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     height, width = check_token_grid(attention.shape[-1], grid_size)
     return attention[..., 0, 1:].reshape(*attention.shape[:-2], height, width)
 
 def attention_rollout(attention):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """Attention rollout (Abnar and Zuidema, 2020) through all blocks.
 
     `attention` is a list of (batch size, heads, tokens, tokens) weights, first
     block first. Heads are averaged; the identity stands for the residual
-    connection. Returns shape (batch size, tokens, tokens)."""
+    connection. Returns shape (batch size, tokens, tokens).
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     if not len(attention):
         raise ValueError('attention_rollout needs the weights of at least one '
                          'block: call the model with return_weights=True')
@@ -597,10 +602,11 @@ def attention_rollout(attention):
     return rollout
 
 def show_attention(images, maps, titles, scale=1.2, alpha=0.6):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """Overlay attention maps on images: one row per image, which comes first,
     then one map per column. `maps` has shape (images, columns, grid height,
-    grid width)."""
+    grid width).
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     d2l.use_svg_display()
     images, maps = np.asarray(images), np.asarray(maps)
     if images.shape[-1] == 1:  # grayscale: drop the channel axis
@@ -620,23 +626,25 @@ def show_attention(images, maps, titles, scale=1.2, alpha=0.6):
         ax.set_title(title, fontsize=9)
 
 def patch_distances(grid_size, patch_size):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """Distances in pixels between the centres of all pairs of patches, of
-    shape (no. of patches, no. of patches), patches in reading order."""
+    shape (no. of patches, no. of patches), patches in reading order.
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     height, width = grid_pair(grid_size)
     rows, cols = np.divmod(np.arange(height * width), width)
     centres = patch_size * np.stack((rows, cols), axis=1).astype(np.float32)
     return np.linalg.norm(centres[:, None] - centres[None], axis=-1)
 
 def mean_attention_distance(attention, grid_size, patch_size):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """The mean attention distance in pixels of each head, shape (heads,).
 
     `attention` has shape (batch size, heads, tokens, tokens), the class token
     first. The class token has no place in the image, so its row and column
     are left out, and each query's weights over the patches are renormalized
     to sum to 1. Each query's distance is its weighted sum of patch distances;
-    it is averaged over the queries and the batch."""
+    it is averaged over the queries and the batch.
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     if attention.ndim != 4:
         raise ValueError(f'expected attention of shape (batch size, heads, '
                          f'tokens, tokens), got {tuple(attention.shape)}: '
@@ -648,11 +656,12 @@ def mean_attention_distance(attention, grid_size, patch_size):
     return (A * distances).sum(axis=-1).mean(axis=(0, 2))
 
 def plot_attention_distance(distances, reference=None, labels=None):
-    """Defined in :numref:`sec_vit-what-it-learns`"""
     """Scatter each head's mean attention distance against its block's depth.
 
     `distances` holds one array of shape (heads,) per block, or several such
-    lists (one per model) to compare, named by `labels`."""
+    lists (one per model) to compare, named by `labels`.
+
+    Defined in :numref:`sec_vit-what-it-learns`"""
     d2l.use_svg_display()
     _, ax = d2l.plt.subplots(figsize=(4, 2.8))
     runs = [distances] if labels is None else distances
@@ -817,7 +826,9 @@ class DistillationViT(d2l.ViT):
         return average_heads(*self.heads(X, training))
 
     def training_step(self, params, batch, state):
-        """Defined in :numref:`sec_deit`"""
+        """The distillation loss of one minibatch and its gradient.
+    
+        Defined in :numref:`sec_deit`"""
         X, y = batch
         teacher_logits = None
         if self.distillation != 'none':  # in evaluation mode: training=False
@@ -883,9 +894,10 @@ class DistillationTrainer(d2l.Trainer):
             teacher_apply_fn=self.teacher.apply)
 
 def head_accuracies(model, params, data):
-    """Defined in :numref:`sec_deit`"""
     """Validation accuracy of the class head, the distillation head and of
-    the mean of their softmax outputs."""
+    the mean of their softmax outputs.
+
+    Defined in :numref:`sec_deit`"""
     @jax.jit  # the parameters are an argument, not constants in the program
     def count_correct(params, X, y):
         class_logits, dist_logits = model.apply({'params': params}, X,
@@ -900,18 +912,20 @@ def head_accuracies(model, params, data):
     return (correct / total).tolist()
 
 def token_similarity(model, params, X):
-    """Defined in :numref:`sec_deit`"""
     """Mean cosine similarity of the class and distillation tokens, after the
-    position embeddings and after each block."""
+    position embeddings and after each block.
+
+    Defined in :numref:`sec_deit`"""
     cosine = lambda a, b: (a * b).sum(-1) / (
         jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
     return [float(cosine(Z[:, 0], Z[:, 1]).mean()) for Z in model.apply(
         {'params': params}, X, method='encode')]
 
 def window_partition(X, window_size):
-    """Defined in :numref:`sec_swin`"""
     """Cut grids of tokens (batch, height, width, channels) into windows of
-    shape (batch * no. of windows, window_size, window_size, channels)."""
+    shape (batch * no. of windows, window_size, window_size, channels).
+
+    Defined in :numref:`sec_swin`"""
     batch_size, height, width, channels = X.shape
     check_window_grid((height, width), window_size)
     X = X.reshape(batch_size, height // window_size, window_size,
@@ -920,9 +934,10 @@ def window_partition(X, window_size):
     return X.reshape(-1, window_size, window_size, channels)
 
 def window_reverse(windows, window_size, grid_size):
-    """Defined in :numref:`sec_swin`"""
     """Put windows back together into grids of tokens: the inverse of
-    window_partition."""
+    window_partition.
+
+    Defined in :numref:`sec_swin`"""
     height, width = check_window_grid(grid_size, window_size)
     channels = windows.shape[-1]
     X = windows.reshape(-1, height // window_size, width // window_size,
@@ -931,9 +946,10 @@ def window_reverse(windows, window_size, grid_size):
     return X.reshape(-1, height, width, channels)
 
 def relative_position_index(window_size):
-    """Defined in :numref:`sec_swin`"""
     """For each pair (query, key) of the window_size**2 tokens of a window,
-    the index of their offset among the (2 * window_size - 1)**2 offsets."""
+    the index of their offset among the (2 * window_size - 1)**2 offsets.
+
+    Defined in :numref:`sec_swin`"""
     rows, cols = np.divmod(np.arange(window_size**2), window_size)
     # Offsets of the key from the query, shifted to start at 0
     delta_rows = rows[None, :] - rows[:, None] + window_size - 1
@@ -987,10 +1003,11 @@ def shifted_window_labels(grid_size, window_size, shift_size):
     return jnp.roll(labels, (-shift_size, -shift_size), axis=(0, 1))
 
 def shifted_window_mask(grid_size, window_size, shift_size):
-    """Defined in :numref:`sec_swin`"""
     """Additive attention mask of the shifted windows, of shape (no. of
     windows, window_size**2, window_size**2): 0 between tokens from the same
-    region, -100 between tokens from different ones."""
+    region, -100 between tokens from different ones.
+
+    Defined in :numref:`sec_swin`"""
     labels = shifted_window_labels(grid_size, window_size, shift_size)
     windows = window_partition(labels[None, :, :, None], window_size)
     windows = windows.reshape(-1, window_size**2)
@@ -998,9 +1015,10 @@ def shifted_window_mask(grid_size, window_size, shift_size):
     return jnp.where(different, -100.0, 0.0)
 
 def show_shifted_windows(labels, mask, window_size):
-    """Defined in :numref:`sec_swin`"""
     """Draw the rolled region labels with the window borders, and the mask of
-    each window (dark: the pair may attend, light: masked)."""
+    each window (dark: the pair may attend, light: masked).
+
+    Defined in :numref:`sec_swin`"""
     d2l.use_svg_display()
     labels, mask = np.asarray(labels), np.asarray(mask)
     fig, axes = d2l.plt.subplots(1, 1 + len(mask), figsize=(
@@ -1022,9 +1040,10 @@ def show_shifted_windows(labels, mask, window_size):
         ax.set_xticks([]), ax.set_yticks([])
 
 class SwinBlock(nn.Module):
-    """Defined in :numref:`sec_swin`"""
     """A Swin Transformer block: attention inside (shifted) windows, then an
-    MLP, each with pre-normalization and a residual connection."""
+    MLP, each with pre-normalization and a residual connection.
+
+    Defined in :numref:`sec_swin`"""
     num_hiddens: int
     mlp_num_hiddens: int
     num_heads: int
@@ -1089,9 +1108,10 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(X))
 
 class SwinTransformer(d2l.Classifier):
-    """Defined in :numref:`sec_swin`"""
     """A small Swin Transformer: stages of Swin blocks with patch merging
-    between them, mean pooling and a linear head."""
+    between them, mean pooling and a linear head.
+
+    Defined in :numref:`sec_swin`"""
     img_size: int = 96
     patch_size: int = 6
     num_hiddens: int = 32
@@ -1141,10 +1161,11 @@ class SwinTransformer(d2l.Classifier):
         return self.head(self.norm(X).mean(axis=(1, 2)))
 
 def attention_cost(attention, params, X, num_repeats=2):
-    """Defined in :numref:`sec_swin`"""
     """Fewest seconds of a jitted forward and backward pass of
     `attention(params, X)`, and the bytes of the compiled pass's temporary
-    buffers (its inputs and outputs are not among them)."""
+    buffers (its inputs and outputs are not among them).
+
+    Defined in :numref:`sec_swin`"""
     loss = lambda params, X: attention(params, X).sum()
     grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, X).compile()
     jax.block_until_ready(grad(params, X))  # a warm-up run
@@ -1156,10 +1177,11 @@ def attention_cost(attention, params, X, num_repeats=2):
     return min(times), grad.memory_analysis().temp_size_in_bytes
 
 def plot_attention_cost(num_tokens, costs):
-    """Defined in :numref:`sec_swin`"""
     """Time and memory against the number of tokens, on log-log axes, with
     reference lines of slope 2 and 1 through the last global and windowed
-    points."""
+    points.
+
+    Defined in :numref:`sec_swin`"""
     d2l.use_svg_display()
     n = np.asarray(num_tokens, dtype=float)
     _, axes = d2l.plt.subplots(1, 2, figsize=(8, 3))
