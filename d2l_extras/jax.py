@@ -215,9 +215,9 @@ class ViTAttention(nn.Module):
 
     def setup(self):
         if self.num_hiddens % self.num_heads:
-            raise ValueError(f'num_hiddens={self.num_hiddens} is not divisible '
-                             f'by num_heads={self.num_heads}: every head needs '
-                             'the same width')
+            raise ValueError(f'num_hiddens={self.num_hiddens} is not '
+                             f'divisible by num_heads={self.num_heads}: '
+                             'every head needs the same width')
         # Xavier on each of the three (d, d) matrices that qkv stacks
         xavier = nn.initializers.variance_scaling(
             1.0, 'fan_avg', 'uniform', in_axis=0, out_axis=2, batch_axis=1)
@@ -291,7 +291,8 @@ class ViT(d2l.Classifier):
 
     def setup(self):
         if self.pool not in ('cls', 'mean'):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+            raise ValueError("pool must be 'cls' or 'mean', got "
+                             f'{self.pool!r}')
         self.patch_embedding = PatchEmbedding(self.img_size, self.patch_size,
                                               self.num_hiddens,
                                               self.num_channels)
@@ -370,7 +371,8 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
     return jnp.concatenate(
         (prefix, grid.reshape(1, new_grid[0] * new_grid[1], -1)), axis=1)
 
-def plot_runs(boards, labels=('val_loss', 'val_acc'), figsize=(7, 2.5)):
+def plot_runs(boards, labels=('val_loss', 'val_acc'),
+              figsize=(7, 2.5)):
     """Plot the curves `labels` of several training runs, one panel each.
 
     Defined in :numref:`sec_vit-exercise-pooling`"""
@@ -393,7 +395,8 @@ def vit_step_flops(img_size, patch_size, num_hiddens, mlp_num_hiddens,
     Defined in :numref:`sec_vit-exercise-image-size`"""
     num_patches = (img_size // patch_size) ** 2
     num_tokens = num_patches + 1  # and the class token
-    patch_embedding = 2 * num_patches * num_channels * patch_size**2 * num_hiddens
+    patch_embedding = (2 * num_patches * num_channels * patch_size**2
+                       * num_hiddens)
     per_token = 2 * (4 * num_hiddens**2 + 2 * num_hiddens * mlp_num_hiddens)
     head = 2 * num_hiddens * num_classes
     linear = patch_embedding + num_blks * per_token * num_tokens + head
@@ -402,7 +405,7 @@ def vit_step_flops(img_size, patch_size, num_hiddens, mlp_num_hiddens,
     return 3 * batch_size * linear, 3 * batch_size * attention
 
 def time_training_step(model, X, y, num_repeats=5):
-    """Compile seconds, and seconds of `num_repeats` jitted steps after a warm-up.
+    """Compile seconds, and the seconds of `num_repeats` warm jitted steps.
 
     Defined in :numref:`sec_vit-exercise-image-size`"""
     trainer = d2l.Trainer(max_epochs=1, gradient_clip_val=1)
@@ -420,7 +423,8 @@ def time_training_step(model, X, y, num_repeats=5):
     return compile_seconds, np.array(times)
 
 def fit_step_cost(num_tokens, seconds):
-    """Fit seconds = c0 + c1 * T + c2 * T**2 with c0, c1, c2 >= 0 (relative error).
+    """Fit seconds = c0 + c1 * T + c2 * T**2 with c0, c1, c2 >= 0, minimizing
+    the relative error of each time.
 
     Defined in :numref:`sec_vit-exercise-image-size`"""
     from scipy.optimize import nnls
@@ -446,7 +450,8 @@ class TunedViT(d2l.ViT):
         Y_hat, updates = self.forward_logits(params, X, state)
         Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1]))
         targets = optax.smooth_labels(
-            jax.nn.one_hot(Y.reshape(-1), Y_hat.shape[-1]), self.label_smoothing)
+            jax.nn.one_hot(Y.reshape(-1), Y_hat.shape[-1]),
+            self.label_smoothing)
         losses = optax.softmax_cross_entropy(Y_hat, targets)
         return (losses.mean() if averaged else losses), updates
 
@@ -508,7 +513,8 @@ def show_patch_sequence(image, patches, figsize=(9, 3.6)):
                             for part in (patch, gap)][:-1], axis=1)
     bottom = fig.add_axes([0, 0, 1, 0.22])
     bottom.imshow(strip, cmap=cmap, vmin=0, vmax=1)
-    bottom.set_title(f'the sequence of {len(patches)} patch tokens', fontsize=9)
+    bottom.set_title(f'the sequence of {len(patches)} patch tokens',
+                     fontsize=9)
     bottom.axis('off')
 
 def patch_embedding_components(kernel, num_components=28):
@@ -524,9 +530,9 @@ def patch_embedding_components(kernel, num_components=28):
     Defined in :numref:`sec_vit-what-it-learns`"""
     filters = kernel.reshape(-1, kernel.shape[-1]).T  # one filter per row
     if not 0 < num_components <= min(filters.shape):
-        raise ValueError(f'num_components={num_components} must be between 1 '
-                         f'and {min(filters.shape)} for {tuple(filters.shape)} '
-                         'filters')
+        raise ValueError(f'num_components={num_components} must be between '
+                         f'1 and {min(filters.shape)} for '
+                         f'{tuple(filters.shape)} filters')
     filters = filters - filters.mean(axis=0)  # PCA works on centred data
     _, S, Vt = jnp.linalg.svd(filters, full_matrices=False)
     components = Vt[:num_components]
@@ -679,7 +685,8 @@ def plot_attention_distance(distances, reference=None, labels=None):
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
 
-kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+kaiming_normal = nn.initializers.variance_scaling(
+    2.0, 'fan_out', 'normal')
 
 class Residual(nn.Module):
     """The residual block of ResNet, told at call time whether it trains.
@@ -732,13 +739,15 @@ class ResNet18(d2l.Classifier):
                       strides=(2, 2) if downsample else (1, 1))
              for downsample in [stage > 0] + [False] * (num_blks - 1)]
             for stage, (num_blks, width) in enumerate(self.arch)]
-        self.head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)
+        self.head = nn.Dense(self.num_classes,
+                             kernel_init=nn.initializers.zeros)
 
     def __call__(self, X, training=False):
         X = self.stem_bn(self.stem_conv(X), use_running_average=not training)
         X = nn.relu(X)
         if not self.small_images:
-            X = nn.max_pool(X, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            X = nn.max_pool(X, (3, 3), strides=(2, 2),
+                            padding=((1, 1), (1, 1)))
         for stage in self.stages:
             for blk in stage:
                 X = blk(X, training)
@@ -753,7 +762,7 @@ def average_heads(class_logits, dist_logits):
     return jax.nn.logsumexp(log_probs, axis=0) - math.log(2)
 
 def check_distillation(distillation, temperature, teacher_weight):
-    """Raise a ValueError, naming the problem, for bad distillation settings.
+    """Raise a ValueError naming the problem in distillation settings.
 
     Defined in :numref:`sec_deit`"""
     if distillation not in ('hard', 'soft', 'none'):
@@ -764,7 +773,8 @@ def check_distillation(distillation, temperature, teacher_weight):
                          ': 1 keeps the softmax as it is, larger softens it')
     if not 0 <= teacher_weight <= 1:
         raise ValueError('teacher_weight is the weight of the distillation '
-                         f'head\'s loss, between 0 and 1; got {teacher_weight}')
+                         "head's loss, between 0 and 1; got "
+                         f'{teacher_weight}')
 
 class DistillationViT(d2l.ViT):
     """The ViT with a distillation token and a second head (DeiT).
@@ -781,10 +791,11 @@ class DistillationViT(d2l.ViT):
 
     def setup(self):
         if self.pool != 'cls':
-            raise ValueError('DistillationViT reads the class token: pool must '
-                             f"be 'cls', got {self.pool!r}")
+            raise ValueError('DistillationViT reads the class token: pool '
+                             f"must be 'cls', got {self.pool!r}")
         self.patch_embedding = d2l.PatchEmbedding(
-            self.img_size, self.patch_size, self.num_hiddens, self.num_channels)
+            self.img_size, self.patch_size, self.num_hiddens,
+            self.num_channels)
         num_patches = math.prod(
             d2l.patch_grid(self.img_size, self.patch_size)[2])
         self.cls_token = self.param('cls_token', nn.initializers.zeros,
@@ -844,9 +855,9 @@ class DistillationViT(d2l.ViT):
     
         return jax.value_and_grad(loss, has_aux=True)(params)
 
-def distillation_loss(class_logits, dist_logits, labels, teacher_logits,
-                      distillation='hard', temperature=3.0,
-                      teacher_weight=0.5):
+def distillation_loss(class_logits, dist_logits, labels,
+                      teacher_logits, distillation='hard',
+                      temperature=3.0, teacher_weight=0.5):
     """DeiT's objective for a student with a class and a distillation head.
 
     Defined in :numref:`sec_deit`"""
@@ -957,7 +968,7 @@ def relative_position_index(window_size):
     return delta_rows * (2 * window_size - 1) + delta_cols
 
 class WindowAttention(d2l.ViTAttention):
-    """Multi-head self-attention inside windows, with a relative position bias.
+    """Multi-head self-attention in windows, with relative position bias.
 
     Defined in :numref:`sec_swin`"""
     qkv_bias: bool = True
@@ -975,8 +986,9 @@ class WindowAttention(d2l.ViTAttention):
         # X: (no. of windows, window_size**2, num_hiddens); mask: None or
         # (windows per image, window_size**2, window_size**2)
         num_windows, num_steps, num_hiddens = X.shape
-        Q, K, V = self.qkv(X).reshape(num_windows, num_steps, 3,
-                                      self.num_heads, -1).transpose(2, 0, 1, 3, 4)
+        QKV = self.qkv(X).reshape(num_windows, num_steps, 3,
+                                  self.num_heads, -1)
+        Q, K, V = QKV.transpose(2, 0, 1, 3, 4)  # (windows, steps, heads, d)
         scores = jnp.einsum('bqhd,bkhd->bhqk', Q, K) / Q.shape[-1]**0.5
         # (tokens, tokens, heads) -> (heads, tokens, tokens)
         bias = self.relative_position_bias_table[self.relative_position_index]
@@ -992,7 +1004,7 @@ class WindowAttention(d2l.ViTAttention):
         return self.proj(H.reshape(num_windows, num_steps, num_hiddens))
 
 def shifted_window_labels(grid_size, window_size, shift_size):
-    """Label every token of the grid with its shifted window, after the roll.
+    """Label each token of the grid with its shifted window, after the roll.
 
     Defined in :numref:`sec_swin`"""
     height, width = check_window_grid(grid_size, window_size)
@@ -1089,7 +1101,7 @@ class SwinBlock(nn.Module):
         return X + self.mlp(self.ln2(X), training=training)
 
 class PatchMerging(nn.Module):
-    """Join each 2x2 group of neighbouring tokens: half the grid, twice the width.
+    """Merge each 2x2 group of neighbouring tokens into one twice as wide.
 
     Defined in :numref:`sec_swin`"""
     num_hiddens: int
@@ -1104,7 +1116,8 @@ class PatchMerging(nn.Module):
         height, width = merged_grid((height, width))
         X = X.reshape(batch_size, height, 2, width, 2, num_hiddens)
         # (batch, height, width, col offset, row offset, num_hiddens)
-        X = X.transpose(0, 1, 3, 4, 2, 5).reshape(batch_size, height, width, -1)
+        X = X.transpose(0, 1, 3, 4, 2, 5)
+        X = X.reshape(batch_size, height, width, -1)
         return self.reduction(self.norm(X))
 
 class SwinTransformer(d2l.Classifier):
@@ -1128,9 +1141,11 @@ class SwinTransformer(d2l.Classifier):
     def setup(self):
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f'depths {self.depths} and num_heads '
-                             f'{self.num_heads} must give one number per stage')
+                             f'{self.num_heads} must give one number per '
+                             'stage')
         self.patch_embedding = d2l.PatchEmbedding(
-            self.img_size, self.patch_size, self.num_hiddens, self.num_channels)
+            self.img_size, self.patch_size, self.num_hiddens,
+            self.num_channels)
         self.patch_norm = nn.LayerNorm(epsilon=1e-6)
         _, _, grid = d2l.patch_grid(self.img_size, self.patch_size)
         self.grid, width, blks = grid, self.num_hiddens, []

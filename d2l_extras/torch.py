@@ -321,7 +321,8 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
     return torch.cat((prefix, grid), dim=1)
 
-def plot_runs(boards, labels=('val_loss', 'val_acc'), figsize=(7, 2.5)):
+def plot_runs(boards, labels=('val_loss', 'val_acc'),
+              figsize=(7, 2.5)):
     """Plot the curves `labels` of several training runs, one panel each.
 
     Defined in :numref:`sec_vit-exercise-pooling`"""
@@ -344,7 +345,8 @@ def vit_step_flops(img_size, patch_size, num_hiddens, mlp_num_hiddens,
     Defined in :numref:`sec_vit-exercise-image-size`"""
     num_patches = (img_size // patch_size) ** 2
     num_tokens = num_patches + 1  # and the class token
-    patch_embedding = 2 * num_patches * num_channels * patch_size**2 * num_hiddens
+    patch_embedding = (2 * num_patches * num_channels * patch_size**2
+                       * num_hiddens)
     per_token = 2 * (4 * num_hiddens**2 + 2 * num_hiddens * mlp_num_hiddens)
     head = 2 * num_hiddens * num_classes
     linear = patch_embedding + num_blks * per_token * num_tokens + head
@@ -377,7 +379,8 @@ def time_training_step(model, X, y, num_repeats=5):
     return np.array(times)
 
 def fit_step_cost(num_tokens, seconds):
-    """Fit seconds = c0 + c1 * T + c2 * T**2 with c0, c1, c2 >= 0 (relative error).
+    """Fit seconds = c0 + c1 * T + c2 * T**2 with c0, c1, c2 >= 0, minimizing
+    the relative error of each time.
 
     Defined in :numref:`sec_vit-exercise-image-size`"""
     from scipy.optimize import nnls
@@ -396,7 +399,8 @@ def warmup_cosine(step, warmup_steps, total_steps):
     Defined in :numref:`sec_vit-exercise-accuracy`"""
     if step < warmup_steps:
         return step / warmup_steps
-    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1)
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 class TunedViT(extras.ViT):
@@ -410,7 +414,8 @@ class TunedViT(extras.ViT):
         self.warmup, self.label_smoothing = warmup, label_smoothing
 
     def loss(self, Y_hat, Y, averaged=True):
-        return F.cross_entropy(Y_hat.reshape(-1, Y_hat.shape[-1]), Y.reshape(-1),
+        return F.cross_entropy(Y_hat.reshape(-1, Y_hat.shape[-1]),
+                               Y.reshape(-1),
                                reduction='mean' if averaged else 'none',
                                label_smoothing=self.label_smoothing)
 
@@ -422,7 +427,8 @@ class TunedViT(extras.ViT):
         total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
         warmup_steps = round(self.warmup * total_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps))
+            optimizer,
+            lambda step: warmup_cosine(step, warmup_steps, total_steps))
         # d2l's Trainer only calls optimizer.step(): advance the schedule there
         optimizer.register_step_post_hook(lambda *args: schedule.step())
         return optimizer
@@ -477,7 +483,8 @@ def show_patch_sequence(image, patches, figsize=(9, 3.6)):
                             for part in (patch, gap)][:-1], axis=1)
     bottom = fig.add_axes([0, 0, 1, 0.22])
     bottom.imshow(strip, cmap=cmap, vmin=0, vmax=1)
-    bottom.set_title(f'the sequence of {len(patches)} patch tokens', fontsize=9)
+    bottom.set_title(f'the sequence of {len(patches)} patch tokens',
+                     fontsize=9)
     bottom.axis('off')
 
 def patch_embedding_components(weight, num_components=28):
@@ -493,9 +500,9 @@ def patch_embedding_components(weight, num_components=28):
     Defined in :numref:`sec_vit-what-it-learns`"""
     filters = weight.detach().reshape(weight.shape[0], -1)
     if not 0 < num_components <= min(filters.shape):
-        raise ValueError(f'num_components={num_components} must be between 1 '
-                         f'and {min(filters.shape)} for {tuple(filters.shape)} '
-                         'filters')
+        raise ValueError(f'num_components={num_components} must be between '
+                         f'1 and {min(filters.shape)} for '
+                         f'{tuple(filters.shape)} filters')
     filters = filters - filters.mean(dim=0)  # PCA works on centred data
     _, S, Vt = torch.linalg.svd(filters, full_matrices=False)
     components = Vt[:num_components]
@@ -701,7 +708,7 @@ def average_heads(class_logits, dist_logits):
     return torch.logsumexp(log_probs, dim=0) - math.log(2)
 
 def check_distillation(distillation, temperature, teacher_weight):
-    """Raise a ValueError, naming the problem, for bad distillation settings.
+    """Raise a ValueError naming the problem in distillation settings.
 
     Defined in :numref:`sec_deit`"""
     if distillation not in ('hard', 'soft', 'none'):
@@ -712,7 +719,8 @@ def check_distillation(distillation, temperature, teacher_weight):
                          ': 1 keeps the softmax as it is, larger softens it')
     if not 0 <= teacher_weight <= 1:
         raise ValueError('teacher_weight is the weight of the distillation '
-                         f'head\'s loss, between 0 and 1; got {teacher_weight}')
+                         "head's loss, between 0 and 1; got "
+                         f'{teacher_weight}')
 
 class DistillationViT(extras.ViT):
     """The ViT with a distillation token and a second head (DeiT).
@@ -730,8 +738,8 @@ class DistillationViT(extras.ViT):
         # distillation token, a position embedding for both tokens and the
         # patches, and the distillation head
         if self.pool != 'cls':
-            raise ValueError('DistillationViT reads the class token: pool must '
-                             f"be 'cls', got {self.pool!r}")
+            raise ValueError('DistillationViT reads the class token: pool '
+                             f"must be 'cls', got {self.pool!r}")
         num_patches = self.patch_embedding.num_patches
         self.dist_token = nn.Parameter(
             0.02 * torch.randn(1, 1, self.num_hiddens))
@@ -774,9 +782,9 @@ class DistillationViT(extras.ViT):
         self.plot('loss', loss, train=True)
         return loss
 
-def distillation_loss(class_logits, dist_logits, labels, teacher_logits,
-                      distillation='hard', temperature=3.0,
-                      teacher_weight=0.5):
+def distillation_loss(class_logits, dist_logits, labels,
+                      teacher_logits, distillation='hard',
+                      temperature=3.0, teacher_weight=0.5):
     """DeiT's objective for a student with a class and a distillation head.
 
     Defined in :numref:`sec_deit`"""
@@ -865,7 +873,7 @@ def relative_position_index(window_size):
     return delta_rows * (2 * window_size - 1) + delta_cols
 
 class WindowAttention(extras.ViTAttention):
-    """Multi-head self-attention inside windows, with a relative position bias.
+    """Multi-head self-attention in windows, with relative position bias.
 
     Defined in :numref:`sec_swin`"""
     def __init__(self, num_hiddens, num_heads, dropout, qkv_bias=True,
@@ -881,8 +889,9 @@ class WindowAttention(extras.ViTAttention):
         # X: (no. of windows, window_size**2, num_hiddens); mask: None or
         # (windows per image, window_size**2, window_size**2)
         num_windows, num_steps, num_hiddens = X.shape
-        Q, K, V = self.qkv(X).reshape(num_windows, num_steps, 3,
-                                      self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        QKV = self.qkv(X).reshape(num_windows, num_steps, 3,
+                                  self.num_heads, -1)
+        Q, K, V = QKV.permute(2, 0, 3, 1, 4)  # (windows, heads, steps, d)
         scores = Q @ K.transpose(2, 3) / Q.shape[-1]**0.5
         # (tokens, tokens, heads) -> (heads, tokens, tokens)
         bias = self.relative_position_bias_table[self.relative_position_index]
@@ -898,7 +907,7 @@ class WindowAttention(extras.ViTAttention):
         return self.proj(H)
 
 def shifted_window_labels(grid_size, window_size, shift_size):
-    """Label every token of the grid with its shifted window, after the roll.
+    """Label each token of the grid with its shifted window, after the roll.
 
     Defined in :numref:`sec_swin`"""
     height, width = check_window_grid(grid_size, window_size)
@@ -991,20 +1000,22 @@ class SwinBlock(nn.Module):
         return X + self.mlp(self.ln2(X))
 
 class PatchMerging(nn.Module):
-    """Join each 2x2 group of neighbouring tokens: half the grid, twice the width.
+    """Merge each 2x2 group of neighbouring tokens into one twice as wide.
 
     Defined in :numref:`sec_swin`"""
     def __init__(self, num_hiddens):
         super().__init__()
         self.norm = nn.LayerNorm(4 * num_hiddens, eps=1e-6)
-        self.reduction = nn.Linear(4 * num_hiddens, 2 * num_hiddens, bias=False)
+        self.reduction = nn.Linear(4 * num_hiddens, 2 * num_hiddens,
+                                   bias=False)
 
     def forward(self, X):
         batch_size, height, width, num_hiddens = X.shape
         height, width = merged_grid((height, width))
         X = X.reshape(batch_size, height, 2, width, 2, num_hiddens)
         # (batch, height, width, col offset, row offset, num_hiddens)
-        X = X.permute(0, 1, 3, 4, 2, 5).reshape(batch_size, height, width, -1)
+        X = X.permute(0, 1, 3, 4, 2, 5)
+        X = X.reshape(batch_size, height, width, -1)
         return self.reduction(self.norm(X))
 
 class SwinTransformer(d2l.Classifier):
