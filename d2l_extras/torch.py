@@ -867,9 +867,9 @@ def relative_position_index(window_size):
 
     Defined in :numref:`sec_swin`"""
     rows, cols = np.divmod(np.arange(window_size**2), window_size)
-    # Offsets of the key from the query, shifted to start at 0
-    delta_rows = rows[None, :] - rows[:, None] + window_size - 1
-    delta_cols = cols[None, :] - cols[:, None] + window_size - 1
+    # Offsets of the query (rows) from the key (columns), shifted to start at 0
+    delta_rows = rows[:, None] - rows[None, :] + window_size - 1
+    delta_cols = cols[:, None] - cols[None, :] + window_size - 1
     return delta_rows * (2 * window_size - 1) + delta_cols
 
 class WindowAttention(extras.ViTAttention):

@@ -80,12 +80,19 @@ def test_relative_position_index_numbers_the_offsets(window):
     assert index.shape == (window**2, window**2)
     offsets = {}
     for i, j in itertools.product(range(window**2), repeat=2):
-        offset = (j // window - i // window, j % window - i % window)  # key minus query
+        offset = (i // window - j // window, i % window - j % window)  # query minus key
         offsets.setdefault(offset, set()).add(int(index[i, j]))
     # One index per offset, and the (2M - 1)^2 offsets use every index once
     assert all(len(indices) == 1 for indices in offsets.values())
     assert sorted(i for (i,) in offsets.values()) == list(range((2 * window - 1)**2))
     np.testing.assert_array_equal(jax_lib.relative_position_index(window), index)
+
+
+@pytest.mark.parametrize('window', [2, 7])
+def test_relative_position_index_is_swins_so_that_its_tables_load(window):
+    from timm.models.swin_transformer import get_relative_position_index
+    np.testing.assert_array_equal(torch_lib.relative_position_index(window),
+                                  get_relative_position_index(window, window).numpy())
 
 
 # The shifted-window mask
@@ -138,7 +145,8 @@ def shifted_window_reference(X, qkv_weight, qkv_bias, proj_weight, proj_bias, ta
     for r, c in itertools.product(range(height), range(width)):
         keys = [(r2, c2) for r2, c2 in itertools.product(range(height), range(width))
                 if band(r2) == band(r) and band(c2) == band(c)]
-        offsets = [(r2 - r + window - 1) * (2 * window - 1) + (c2 - c + window - 1) for r2, c2 in keys]
+        # Swin's offset: the query's row and column minus the key's
+        offsets = [(r - r2 + window - 1) * (2 * window - 1) + (c - c2 + window - 1) for r2, c2 in keys]
         scores = np.einsum('bhd,bkhd->bhk', Q[:, r, c], np.stack([K[:, r2, c2] for r2, c2 in keys], 1))
         scores = scores / np.sqrt(head_width) + table[offsets].T
         weights = np.exp(scores - scores.max(-1, keepdims=True))
