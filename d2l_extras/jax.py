@@ -103,6 +103,12 @@ def compare_with_reference(page, models, data, run, seed=0, params=None):
     return reference_runs.compare(page, 'jax', runs, run)
 
 
+def show_reference(page, name):
+    """Say in one line what the reference run of `name` on `page` was (this
+    framework's, else the other's), or that none is recorded."""
+    reference_runs.show_reference(page, name, 'jax')
+
+
 def load_reference_parameters(page, name, model, data, run, seed=0):
     """The parameters kept by the reference run of `name`, if that run trained
     `model` on all of Fashion-MNIST with this data module's settings;

@@ -316,6 +316,16 @@ def plot_with_reference(boards, records, labels=('val_loss', 'val_acc'), figsize
     plotting.plt.show()
 
 
+def show_reference(page, name, framework):
+    """Say in one line what the reference run of ``name`` on ``page`` was, or
+    that none is recorded; returns its record or None."""
+    record = find_record(page, name, framework)
+    print(describe(record) if record else
+          f'No reference run is recorded for {page} ({name}) yet: '
+          'tools/reference_runs.py records one.')
+    return record
+
+
 def compare(page, framework, runs, run):
     """Record each of ``runs`` when recording is on (see recording_folder),
     then show the reference runs beside them, or say in one line that none is

@@ -75,6 +75,12 @@ def compare_with_reference(page, models, data, run, seed=0, keep_parameters=Fals
     return reference_runs.compare(page, 'pytorch', runs, run)
 
 
+def show_reference(page, name):
+    """Say in one line what the reference run of `name` on `page` was (this
+    framework's, else the other's), or that none is recorded."""
+    reference_runs.show_reference(page, name, 'pytorch')
+
+
 def load_reference_parameters(page, name, model, data, run, seed=0):
     """Load into `model` the parameters kept by the reference run of `name`
     and return True, if that run trained this model on all of Fashion-MNIST

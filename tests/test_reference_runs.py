@@ -236,3 +236,14 @@ def test_a_page_cut_as_a_script_runs_the_code_of_d2lbooks_notebook_of_its_tab():
             assert len(ours) == len(theirs)
             for mine, d2lbooks in zip(ours, theirs):
                 assert mine == d2lbooks or words(mine) == words(d2lbooks), (page, tab, mine[:200])
+
+
+def test_a_page_says_where_another_pages_reference_run_ended(data, folder, capsys):
+    for lib in (extras, d2l):  # both tabs
+        assert lib.show_reference('page', 'vit') is None
+        assert capsys.readouterr().out.startswith('No reference run is recorded for page (vit) yet')
+    reference_runs.write_record(record(data), folder)
+    for lib in (extras, d2l):
+        lib.show_reference('page', 'vit')
+        line, = capsys.readouterr().out.strip().splitlines()
+        assert line.startswith('Reference run (PyTorch, ') and 'validation accuracy 0.625' in line
