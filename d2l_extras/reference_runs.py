@@ -124,6 +124,12 @@ def commit():
     return head + ('-dirty' if dirty.strip() else '')
 
 
+# A recording process takes the commit when it imports this module, as it
+# starts: the code that runs, not whatever is checked out when the run ends
+# hours later.
+_started = {'commit': commit() if os.environ.get(RECORD_ENV_VAR, '').strip() else None}
+
+
 def make_record(page, name, framework, model_hparams, data, run, history,
                 **training):
     """A record of one finished run. ``data`` is the chapter's data module
@@ -141,7 +147,8 @@ def make_record(page, name, framework, model_hparams, data, run, history,
         'history': history,
         'final_val_acc': float(history['val_acc'][-1]),
         'wall_time_s': round(time.monotonic() - _clock['start'], 1),
-        'hardware': hardware(), 'versions': versions(framework), 'commit': commit(),
+        'hardware': hardware(), 'versions': versions(framework),
+        'commit': _started['commit'] or commit(),
         'recorded': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     }
 

@@ -247,3 +247,9 @@ def test_a_page_says_where_another_pages_reference_run_ended(data, folder, capsy
         lib.show_reference('page', 'vit')
         line, = capsys.readouterr().out.strip().splitlines()
         assert line.startswith('Reference run (PyTorch, ') and 'validation accuracy 0.625' in line
+
+
+def test_a_record_names_the_commit_its_run_started_from(data, monkeypatch):
+    # A run takes hours; what is checked out when it ends may be newer code
+    monkeypatch.setitem(reference_runs._started, 'commit', 'f' * 40)
+    assert record(data)['commit'] == 'f' * 40
