@@ -82,22 +82,10 @@ lib:
 	$(PYTHON) tools/merge_saved_docstrings.py d2l_extras/torch.py d2l_extras/jax.py
 
 # Both tabs' notebooks are evaluated by one queue, two at a time on a machine
-# without a GPU, longest first by the times in tools/eval_seconds.json (see
-# tools/eval_both_tabs.py: d2lbook's own order is random, and one long
-# notebook started last could run alone for minutes). Each PyTorch kernel gets
-# half of the cores: two kernels each starting a thread per core lost a
-# quarter of the throughput on a 2-core machine; XLA shares the cores well on
-# its own. JAX keeps what it compiles in build/jax_cache: the notebooks compile
-# the same training step many times (every run of the section's model, in
-# every page), and a cached step loads in about a second instead of compiling
-# for five. The cache keeps every program, however fast it compiled: each
-# notebook also compiles about 200 small ones, one per operation and shape
-# that a cell runs outside jit (0.05 to 0.5 s each), and most recur from page
-# to page. On a CPU XLA compiles with LLVM's -O2 instead of its default -O3:
-# the section's training step compiles in half the time (4.7 s to 2.2 s) and
-# runs as fast; in quick mode each program runs a few steps, so compiling is
-# most of its cost. Readers' notebooks keep XLA's defaults, and so does a
-# machine with an NVIDIA GPU (its LLVM compiles the GPU's kernels).
+# without a GPU, longest first (tools/eval_both_tabs.py); each PyTorch kernel
+# gets half of the cores, JAX keeps its compiled programs in build/jax_cache,
+# and on a CPU XLA compiles with -O2, which the quick runs favour. Why, with
+# the measurements: benchmarks/README.md, "Building the book".
 EVAL_XLA_FLAGS := $(if $(shell command -v nvidia-smi 2>/dev/null),,--xla_backend_optimization_level=2)
 EVAL_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 eval: lib

@@ -90,14 +90,11 @@ class Module(nn.Module, HyperParameters):
 
     def apply_init(self, dummy_input, key):
         """Initialise the variables from a dummy input batch (a tuple)."""
-        # Compiled as one program (which XLA's persistent cache can keep):
-        # op by op, JAX compiles each of a model's many operations on its own,
-        # 2x slower for the chapter's ViT, and the forward pass is computed.
+        # One program, which XLA's persistent cache can keep, instead of one
+        # per operation (benchmarks/README.md, "Initializing a model")
         init = jax.jit(self.init).lower(key, *dummy_input)
-        # It runs once, in milliseconds, so on a CPU LLVM's optimizations cost
-        # more than they save: without them it compiles 3x faster (5.0 s to
-        # 1.6 s for the ResNet-18 of sec_vit-vs-cnn), and the values are the
-        # same up to the last bit of some normal samples (no fused multiply-add)
+        # It runs once, so on a CPU LLVM's optimizations cost more than they
+        # save; the values differ at most in the last bit of some samples
         options = ({'xla_backend_optimization_level': 0}
                    if jax.default_backend() == 'cpu' else None)
         return init.compile(compiler_options=options)(key, *dummy_input)
