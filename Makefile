@@ -25,7 +25,7 @@ ifdef OFFLINE
 export D2L_VIT_OFFLINE := $(OFFLINE)
 endif
 
-.PHONY: book build lib eval html pdf test venv js-deps system-deps constraints clean
+.PHONY: book build lib eval html pdf test test-fast venv js-deps system-deps constraints clean
 
 book: system-deps venv js-deps
 	$(MAKE) build
@@ -113,6 +113,11 @@ pdf: system-deps venv
 
 test: system-deps venv js-deps
 	$(PYTHON) -m pytest
+
+# Everything but the tests of the built book and of fresh environments, in
+# minutes: for a change to the library or the tests. CI runs `make test`.
+test-fast: venv
+	$(PYTHON) -m pytest -m 'not book and not slow'
 
 # Refresh constraints.txt from the current environment after changing requirements.txt.
 constraints: venv

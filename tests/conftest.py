@@ -17,6 +17,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 VENV = pathlib.Path(sys.prefix)  # the environment the tests run in
 
 
+def pytest_collection_modifyitems(items):
+    """Mark the tests that need the build of the whole book (directly or
+    through another fixture): `make test-fast` runs all the others."""
+    for item in items:
+        if 'book' in getattr(item, 'fixturenames', ()):
+            item.add_marker(pytest.mark.book)
+
+
 @pytest.fixture(autouse=True)
 def offline_quick_environment(monkeypatch, tmp_path_factory):
     """In-process tests see no system copy of Fashion-MNIST, and so train on

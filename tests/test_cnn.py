@@ -14,6 +14,8 @@ import torch
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
 
+from helpers import random_state
+
 SMALL_ARCH = ((1, 8), (2, 16))
 
 
@@ -52,21 +54,10 @@ def flax_variables(torch_model):
     return variables
 
 
-def randomized(torch_model, seed=0):
-    """Random weights and batch statistics, so that no zero hides a mistake."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in torch_model.state_dict().items():
-            if tensor.is_floating_point():
-                values = torch.rand(tensor.shape, generator=generator)
-                tensor.copy_(0.5 + values if 'var' in name else values - 0.5)
-    return torch_model
-
-
 @pytest.mark.parametrize('small_images', [False, True])
 def test_pytorch_and_jax_resnets_give_the_same_logits_for_the_same_weights(small_images):
     torch.manual_seed(0)
-    torch_model = randomized(torch_lib.ResNet18(SMALL_ARCH, num_channels=3,
+    torch_model = random_state(torch_lib.ResNet18(SMALL_ARCH, num_channels=3,
                                                 small_images=small_images))
     jax_model = jax_lib.ResNet18(SMALL_ARCH, num_channels=3, small_images=small_images)
     variables = flax_variables(torch_model)
@@ -84,7 +75,7 @@ def test_pytorch_and_jax_resnets_give_the_same_logits_for_the_same_weights(small
 def test_batch_norm_trains_the_same_way_in_both_tabs():
     """In training, batch statistics normalize and update the running ones
     (PyTorch keeps the unbiased variance, Flax the biased one)."""
-    torch_model = randomized(torch_lib.ResNet18(SMALL_ARCH, small_images=True))
+    torch_model = random_state(torch_lib.ResNet18(SMALL_ARCH, small_images=True))
     variables = flax_variables(torch_model)
     X = np.random.default_rng(1).standard_normal((8, 1, 16, 16)).astype(np.float32)
     torch_model.train()

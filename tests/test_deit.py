@@ -20,6 +20,8 @@ from torch.nn import functional as F
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
 
+from helpers import LIBS, TAB_IDS, randomize
+
 # img_size, patch_size, num_hiddens, mlp_num_hiddens, num_heads, num_blks,
 # emb_dropout, blk_dropout: a small student, 16 patches, 2 blocks
 SMALL = (32, 8, 24, 48, 3, 2, 0.1, 0.1)
@@ -46,7 +48,7 @@ def both_losses(class_logits, dist_logits, labels, teacher_logits, *args, **kwar
     return float(torch_loss), float(jax_loss)
 
 
-@pytest.mark.parametrize('lib', [torch_lib, jax_lib], ids=['pytorch', 'jax'])
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_hard_distillation_is_half_cross_entropy_with_labels_and_half_with_the_teacher(lib):
     class_logits, dist_logits, teacher_logits = (random_logits(seed) for seed in (0, 1, 2))
     labels = np.array([0, 1, 2, 3, 4, 0])
@@ -66,7 +68,7 @@ def test_hard_distillation_is_half_cross_entropy_with_labels_and_half_with_the_t
     assert float(same[0]) == pytest.approx(float(same[1]), rel=1e-6)
 
 
-@pytest.mark.parametrize('lib', [torch_lib, jax_lib], ids=['pytorch', 'jax'])
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_soft_distillation_matches_its_formula(lib):
     convert = torch.from_numpy if lib is torch_lib else jnp.asarray
     labels = convert(np.array([0]))
@@ -112,7 +114,7 @@ def test_no_gradient_reaches_the_teacher():
         assert not np.asarray(grad).any(), kind
 
 
-@pytest.mark.parametrize('lib', [torch_lib, jax_lib], ids=['pytorch', 'jax'])
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_the_average_of_the_heads_is_the_mean_of_their_softmax_outputs(lib):
     a, b = random_logits(9), random_logits(10)
     convert = torch.from_numpy if lib is torch_lib else jnp.asarray
@@ -127,23 +129,12 @@ def torch_student(**kwargs):
     return torch_lib.DistillationViT(*SMALL, **kwargs)
 
 
-def randomized(model, seed=0):
-    """Perturb every constant-initialized parameter (zero heads, class token,
-    biases, unit LayerNorm scales), so that none of them hides a mismatch."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() == 1 or p.std() == 0:
-                p.add_(0.3 * torch.randn(p.shape, generator=generator))
-    return model.eval()
-
-
 def nhwc(X):
     return jnp.asarray(X.numpy().transpose(0, 2, 3, 1))
 
 
 def test_pytorch_and_jax_students_give_the_same_logits_on_both_heads():
-    torch_model = randomized(torch_student())
+    torch_model = randomize(torch_student(), scale=0.3)
     jax_model = jax_lib.DistillationViT(*SMALL)
     X = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
@@ -164,7 +155,7 @@ def test_pytorch_and_jax_students_give_the_same_logits_on_both_heads():
 
 
 def test_student_weights_convert_both_ways_with_exactly_the_flax_structure():
-    source = randomized(torch_student())
+    source = randomize(torch_student(), scale=0.3)
     variables = jax_lib.params_from_torch(source)
     assert variables['params']['dist_token'].shape == (1, 1, 24)
     assert variables['params']['pos_embedding'].shape == (1, 16 + 2, 24)

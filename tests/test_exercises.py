@@ -15,12 +15,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
 
-LIBS = [torch_lib, jax_lib]  # `%%tab all` code is saved into both
+from helpers import LIBS, TAB_IDS
+
 
 
 # Image size and training time
 
-@pytest.mark.parametrize('lib', LIBS, ids=['torch', 'jax'])
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_the_cost_model_recovers_known_coefficients(lib):
     num_tokens = np.array([5, 17, 37, 65, 145, 257])
     c0, c1, c2 = 0.03, 1.2e-3, 2.0e-5
@@ -33,7 +34,7 @@ def test_the_cost_model_recovers_known_coefficients(lib):
     assert fitted[2] == pytest.approx(c2, rel=0.5)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=['torch', 'jax'])
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_the_cost_model_never_fits_negative_time(lib):
     num_tokens = np.array([5, 17, 37, 65, 145, 257])
     # Sublinear growth would need a negative quadratic term: it is held at zero
@@ -133,7 +134,7 @@ def test_both_tabs_compute_the_same_smoothed_loss(label_smoothing):
     assert (expected != pytest.approx(plain)) is (label_smoothing > 0)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=['torch', 'jax'])
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_shift_and_flip_moves_each_image_by_at_most_its_shift(lib):
     rng = np.random.default_rng(1)
     images = rng.integers(1, 256, (40, 28, 28)).astype(np.uint8)  # no zero pixels
@@ -154,7 +155,7 @@ def test_shift_and_flip_moves_each_image_by_at_most_its_shift(lib):
     np.testing.assert_array_equal(augmented, lib.shift_and_flip(images, np.random.default_rng(0)))
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=['torch', 'jax'])
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_augmentation_changes_the_training_images_only(lib):
     calls = []
 

@@ -8,18 +8,7 @@ from jax import numpy as jnp
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
 
-
-def randomize(torch_model, seed=0):
-    """Perturb every constant-initialized parameter (the zero head, class
-    token and biases, the unit LayerNorm scales) so that none of them hides a
-    mismatch; the random weights keep their initialization, so the logits
-    have the size of a real model's."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in torch_model.parameters():
-            if p.numel() == 1 or p.std() == 0:
-                p.add_(0.1 * torch.randn(p.shape, generator=generator))
-    return torch_model.eval()
+from helpers import randomize
 
 
 def nhwc(X):

@@ -48,6 +48,7 @@ def jax_tab_code():
     return '\n\n'.join(cell.source for cell in nb.cells if cell.cell_type == 'code')
 
 
+@pytest.mark.slow
 def test_jax_tab_runs_on_python_312_without_tensorflow(tmp_path, jax_cache):
     python = find_python312()
     if python is None:

@@ -18,23 +18,12 @@ from jax import numpy as jnp
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
 
-LIBS = [torch_lib, jax_lib]
-IDS = ['torch', 'jax']
+from helpers import LIBS, TAB_IDS, randomize
+
 
 
 def to_lib(lib, array):
     return torch.tensor(np.asarray(array)) if lib is torch_lib else jnp.asarray(array)
-
-
-def randomize(torch_module, seed=0):
-    """Perturb every constant-initialized parameter (zero biases and head, unit
-    LayerNorm scales) so that none of them hides a mismatch between the tabs."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in torch_module.parameters():
-            if p.numel() == 1 or p.std() == 0:
-                p.add_(0.1 * torch.randn(p.shape, generator=generator))
-    return torch_module.eval()
 
 
 def jax_output(jax_module, torch_module, *inputs):
@@ -45,7 +34,7 @@ def jax_output(jax_module, torch_module, *inputs):
 
 # Window partition and reverse
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 @pytest.mark.parametrize('batch, grid, window, channels',
                          [(2, (8, 8), 4, 3), (1, (12, 8), 4, 1), (3, (6, 6), 6, 2), (2, (6, 9), 3, 5)])
 def test_window_partition_and_reverse_are_inverses(lib, batch, grid, window, channels):
@@ -63,7 +52,7 @@ def test_window_partition_and_reverse_are_inverses(lib, batch, grid, window, cha
     np.testing.assert_array_equal(back, X)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_a_grid_that_windows_do_not_tile_is_refused_with_the_fix(lib):
     X = to_lib(lib, np.zeros((1, 24, 24, 8), np.float32))
     with pytest.raises(ValueError, match=r'24x24 grid .* windows of 7x7 .*such as 6 or 8'):
@@ -111,7 +100,7 @@ def brute_force_blocked(grid, window, shift):
     return np.array(blocked)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 @pytest.mark.parametrize('grid, window, shift',
                          [((8, 8), 4, 2), ((12, 12), 6, 3), ((16, 16), 4, 2), ((8, 12), 4, 2),
                           ((12, 12), 4, 1), ((9, 9), 3, 1)])
@@ -349,7 +338,7 @@ def test_the_stages_shrink_the_grid_and_widen_the_tokens():
 
 # Bad sizes are refused with the fix
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_sizes_that_do_not_fit_are_refused_with_the_fix(lib):
     def build(**config):
         if lib is torch_lib:
@@ -367,7 +356,7 @@ def test_sizes_that_do_not_fit_are_refused_with_the_fix(lib):
         build(num_heads=(3, 6, 12))  # 32 / 3
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_a_block_refuses_a_grid_it_was_not_built_for(lib):
     X = np.zeros((1, 12, 12, 16), np.float32)
     with pytest.raises(ValueError, match=r'built for a \(8, 8\) grid .* got \(12, 12\)'):

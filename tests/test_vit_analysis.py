@@ -16,9 +16,9 @@ from jax import numpy as jnp
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
 
+from helpers import LIBS, TAB_IDS
+
 matplotlib.use('Agg')
-LIBS = [torch_lib, jax_lib]
-IDS = ['torch', 'jax']
 
 
 def to_lib(lib, array):
@@ -57,7 +57,7 @@ def test_patch_distances_are_pixel_distances_between_patch_centres(grid, patch_s
     assert np.array_equal(D, torch_lib.patch_distances(grid, patch_size))
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 @pytest.mark.parametrize('grid, patch_size', [(6, 16), (4, 7), ((3, 5), 8)])
 def test_uniform_attention_gives_the_mean_pairwise_patch_distance(lib, grid, patch_size):
     height, width = (grid, grid) if isinstance(grid, int) else grid
@@ -69,14 +69,14 @@ def test_uniform_attention_gives_the_mean_pairwise_patch_distance(lib, grid, pat
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_identity_attention_gives_distance_zero(lib):
     A = np.broadcast_to(np.eye(37, dtype=np.float32), (2, 4, 37, 37))
     np.testing.assert_allclose(np.asarray(lib.mean_attention_distance(to_lib(lib, A), 6, 16)),
                                np.zeros(4), atol=1e-6)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_attention_to_the_class_token_is_ignored(lib):
     """Each query's weights over the patches are renormalized, so attention
     that goes to the class token does not pull the distance towards 0."""
@@ -88,7 +88,7 @@ def test_attention_to_the_class_token_is_ignored(lib):
     np.testing.assert_allclose(distances, brute_force_mean_distance((4, 4), 8), rtol=1e-5)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_attention_to_the_right_neighbour_gives_one_patch_size(lib):
     grid, patch_size, tokens = 3, 10, 10
     A = np.zeros((1, 1, tokens, tokens), np.float32)
@@ -101,7 +101,7 @@ def test_attention_to_the_right_neighbour_gives_one_patch_size(lib):
                                                                       patch_size)), [10.0])
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_attention_that_does_not_fit_the_grid_is_refused_with_the_fix(lib):
     A = to_lib(lib, softmax_attention((2, 3, 50, 50)))  # 49 patches: a 7x7 grid
     with pytest.raises(ValueError, match=r'50 tokens do not fit .*6x6 grid.*grid_size=7'):
@@ -114,7 +114,7 @@ def test_attention_that_does_not_fit_the_grid_is_refused_with_the_fix(lib):
 
 # Attention rollout and the class token's attention
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_rollout_of_identity_attentions_is_the_identity(lib):
     A = to_lib(lib, np.broadcast_to(np.eye(10, dtype=np.float32), (2, 4, 10, 10)).copy())
     rollout = np.asarray(lib.attention_rollout([A, A, A]))
@@ -122,7 +122,7 @@ def test_rollout_of_identity_attentions_is_the_identity(lib):
     np.testing.assert_allclose(rollout, np.broadcast_to(np.eye(10), (2, 10, 10)), atol=1e-7)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_rollout_averages_heads_adds_the_identity_and_multiplies_blocks(lib):
     A1, A2 = softmax_attention((3, 4, 10, 10), 1), softmax_attention((3, 4, 10, 10), 2)
     one = (A1.mean(1) + np.eye(10)) / 2  # rows of A1 sum to 1, so the sums are 2
@@ -134,7 +134,7 @@ def test_rollout_averages_heads_adds_the_identity_and_multiplies_blocks(lib):
         lib.attention_rollout([])
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_class_token_attention_is_row_zero_laid_out_as_the_grid(lib):
     A = softmax_attention((2, 3, 13, 13))  # a 3x4 grid
     maps = np.asarray(lib.class_token_attention(to_lib(lib, A), (3, 4)))
@@ -146,7 +146,7 @@ def test_class_token_attention_is_row_zero_laid_out_as_the_grid(lib):
 
 # Patches, filters and position embeddings
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 @pytest.mark.parametrize('img_size, patch_size, channels', [(96, 16, 1), (96, 32, 1),
                                                             ((224, 192), 32, 3), (12, 4, 2)])
 def test_patches_as_sequence_reads_the_image_row_by_row(lib, img_size, patch_size, channels):
@@ -164,7 +164,7 @@ def test_patches_as_sequence_reads_the_image_row_by_row(lib, img_size, patch_siz
                                                             col * patch_size:(col + 1) * patch_size])
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_patches_as_sequence_refuses_sizes_the_patches_do_not_tile(lib):
     X = to_lib(lib, np.zeros((1, 1, 100, 100), np.float32))
     with pytest.raises(ValueError, match='not divisible by the patch size 16'):
@@ -182,7 +182,7 @@ def low_rank_filters(num_filters, size, seed=0):
             0.01 * rng.normal(size=(num_filters, size))).astype(np.float32)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_patch_embedding_components_are_orthonormal_and_sorted(lib):
     filters = low_rank_filters(64, 3 * 4 * 4)
     if lib is torch_lib:  # (out, channels, p, p)
@@ -202,7 +202,7 @@ def test_patch_embedding_components_are_orthonormal_and_sorted(lib):
         lib.patch_embedding_components(weight, 49)
 
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_position_embedding_similarity_is_symmetric_with_ones_on_the_diagonal(lib):
     pos_embedding = np.random.default_rng(0).normal(size=(1, 1 + 3 * 4, 32)).astype(np.float32)
     similarity = np.asarray(lib.position_embedding_similarity(to_lib(lib, pos_embedding), (3, 4)))
@@ -275,7 +275,7 @@ def test_both_frameworks_give_the_same_filters_and_position_maps(model_pair):
 
 # The plotting functions draw from NumPy arrays in either library
 
-@pytest.mark.parametrize('lib', LIBS, ids=IDS)
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
 def test_the_plotting_functions_draw(lib):
     plt = matplotlib.pyplot
     rng = np.random.default_rng(0)
