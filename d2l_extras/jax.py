@@ -19,16 +19,16 @@ import optax
 from flax import linen as nn
 from jax import numpy as jnp
 
-from d2l_extras import quick_mode, reference_runs, trained_params
-from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
-from d2l_extras.flax_attention import DotProductAttention, MultiHeadAttention, masked_softmax
-from d2l_extras.flax_training import (Classifier, DataModule, HyperParameters, Module,
-                                      Trainer, TrainState, get_key, get_seed)
-from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
-                                     check_window_grid, grid_pair, merged_grid, patch_grid)
-from d2l_extras.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
-                                 show_images, use_svg_display)
-from d2l_extras.torch_to_flax import params_from_torch, params_to_torch
+from d2l_extras.checks import (check_image_batch, check_position_grid, check_token_grid,
+                               check_window_grid, grid_pair, merged_grid, patch_grid)
+from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
+from d2l_extras.d2l_jax.attention import DotProductAttention, MultiHeadAttention, masked_softmax
+from d2l_extras.d2l_jax.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
+                                         show_images, use_svg_display)
+from d2l_extras.d2l_jax.training import (Classifier, DataModule, HyperParameters, Module,
+                                         Trainer, TrainState, get_key, get_seed)
+from d2l_extras.data import modules
+from d2l_extras.run import quick_mode, reference_runs, saved_params
 
 d2l = sys.modules[__name__]
 
@@ -52,7 +52,8 @@ def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPO
              quick_num_train=quick_mode.QUICK_NUM_TRAIN,
              quick_num_val=quick_mode.QUICK_NUM_VAL):
     """Epochs and examples for a training cell: quick mode on a machine
-    without an accelerator unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
+    without an accelerator unless D2L_VIT_QUICK says otherwise (see
+    ``d2l_extras.run.quick_mode``)."""
     return quick_mode.run_size(max_epochs, jax.default_backend() != 'cpu', verbose,
                                quick_max_epochs, quick_num_train, quick_num_val)
 
@@ -69,9 +70,9 @@ def save_trained(path, model, params, data, **settings):
     decided them: the hyperparameters of the model and of the data module, and
     the keyword arguments (run size, seed). Writes a new file, then renames
     it."""
-    record = {'settings': trained_params.settings_json(hyperparameters(model), data, settings),
+    record = {'settings': saved_params.settings_json(hyperparameters(model), data, settings),
               'params': jax.device_get(params)}
-    trained_params.write_atomically(
+    saved_params.write_atomically(
         path, lambda file: file.write(flax.serialization.msgpack_serialize(record)))
 
 
@@ -82,8 +83,8 @@ def load_trained(path, model, data, **settings):
     def read(file):
         record = flax.serialization.msgpack_restore(file.read())
         return record['settings'], jax.tree.map(jnp.asarray, record['params'])
-    expected = trained_params.settings_json(hyperparameters(model), data, settings)
-    return trained_params.load(path, expected, read)
+    expected = saved_params.settings_json(hyperparameters(model), data, settings)
+    return saved_params.load(path, expected, read)
 
 
 def compare_with_reference(page, models, data, run, seed=0, params=None):
@@ -95,7 +96,7 @@ def compare_with_reference(page, models, data, run, seed=0, params=None):
     keep = reference_runs.recording_folder(run) is not None and params or {}
     data = data if isinstance(data, dict) else dict.fromkeys(models, data)
     runs = {name: (model.board, hyperparameters(model), data[name],
-                   trained_params.settings_json(hyperparameters(model), data[name],
+                   saved_params.settings_json(hyperparameters(model), data[name],
                                                 {'run': run, 'seed': seed})
                    if name in keep else None,
                    reference_runs.flatten(jax.device_get(keep[name])) if name in keep else None)
@@ -120,29 +121,38 @@ def load_reference_parameters(page, name, model, data, run, seed=0):
     return jax.tree.map(jnp.asarray, reference_runs.unflatten(flat))
 
 
-class FashionMNIST(FashionMNISTBatches, DataModule):
-    """Fashion-MNIST as NHWC float arrays in [0, 1], with an offline stand-in
-    and an optional ``augment(images, rng)`` for the training images."""
+# How ViTAttention computes attention when it need not return the weights:
+# 'auto', 'always' or 'never' the fused kernel (see use_fused_attention).
+FUSED_ATTENTION = 'auto'
+
+
+def use_fused_attention(dropout):
+    """Whether ViTAttention calls ``jax.nn.dot_product_attention`` (one
+    optimized call that keeps no attention weights) instead of its explicit
+    three lines, as ``FUSED_ATTENTION`` says: 'auto' and 'always' call it,
+    'never' does not. The kernel has no dropout, so with attention dropout in
+    training the explicit path is taken whatever the switch says."""
+    if FUSED_ATTENTION not in ('auto', 'always', 'never'):
+        raise ValueError(f'FUSED_ATTENTION={FUSED_ATTENTION!r}: set it to '
+                         "'auto', 'always' or 'never'")
+    return FUSED_ATTENTION != 'never' and dropout == 0
+
+
+class ImageDataModule(modules.ImageDataModule, DataModule):
+    """A labelled image dataset as NHWC float arrays in [0, 1] (see
+    ``d2l_extras.data.modules``)."""
     channels_last = True
 
-    def __init__(self, batch_size=64, resize=(28, 28), root=None,
-                 num_train=None, num_val=None, augment=None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.load(root, num_train, num_val)
+
+class FashionMNIST(modules.FashionMNISTData, ImageDataModule):
+    """Fashion-MNIST as NHWC float arrays in [0, 1], with an offline stand-in,
+    example caps and an optional ``augment(images, rng)`` for the training
+    images."""
 
 
-class CIFAR10(CIFAR10Batches, DataModule):
+class CIFAR10(modules.CIFAR10Data, ImageDataModule):
     """CIFAR-10 as NHWC float arrays in [0, 1], with the interface of
-    ``FashionMNIST``: an offline stand-in (the UCI digits in colour), example
-    caps and an optional ``augment(images, rng)`` for the training images."""
-    channels_last = True
-
-    def __init__(self, batch_size=64, resize=(32, 32), root=None,
-                 num_train=None, num_val=None, augment=None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.load(root, num_train, num_val)
+    ``FashionMNIST``."""
 
 #################   WARNING   ################
 # The below part is generated automatically through:
@@ -159,8 +169,8 @@ class PatchEmbedding(nn.Module):
     num_channels: int = 1
 
     def setup(self):
-        self.img_hw, patch_size, self.grid_size = patch_grid(self.img_size,
-                                                             self.patch_size)
+        self.img_hw, patch_size, self.grid_size = d2l.patch_grid(
+            self.img_size, self.patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         # padding='VALID': only whole patches, exactly as in PyTorch.
         # Xavier on the kernel viewed as a (p * p * in, out) matrix.
@@ -171,8 +181,8 @@ class PatchEmbedding(nn.Module):
                             kernel_init=xavier_linear)
 
     def __call__(self, X):
-        check_image_batch(X.shape, self.num_channels, self.img_hw,
-                          channels_last=True)
+        d2l.check_image_batch(X.shape, self.num_channels, self.img_hw,
+                              channels_last=True)
         X = self.conv(X)
         # Output shape: (batch size, no. of patches, num_hiddens)
         return X.reshape((X.shape[0], -1, X.shape[3]))
@@ -240,7 +250,8 @@ class ViTAttention(nn.Module):
         # Shape of Q, K, V: (batch size, no. of tokens, num_heads, head width)
         Q, K, V = self.qkv(X).reshape(batch_size, num_steps, 3, self.num_heads,
                                       -1).transpose(2, 0, 1, 3, 4)
-        if return_weights or (training and self.dropout > 0):
+        dropout = self.dropout if training else 0.0
+        if return_weights or not d2l.use_fused_attention(dropout):
             # softmax(Q K^T / sqrt(head width)) V, step by step; the weights
             # have shape (batch size, num_heads, no. of queries, no. of keys)
             scores = jnp.einsum('bqhd,bkhd->bhqk', Q, K) / Q.shape[-1]**0.5
@@ -302,12 +313,11 @@ class ViT(d2l.Classifier):
         self.patch_embedding = PatchEmbedding(self.img_size, self.patch_size,
                                               self.num_hiddens,
                                               self.num_channels)
-        _, _, grid_size = patch_grid(self.img_size, self.patch_size)
-        num_steps = grid_size[0] * grid_size[1]
         if self.pool == 'cls':
             self.cls_token = self.param('cls_token', nn.initializers.zeros,
                                         (1, 1, self.num_hiddens))
-            num_steps += 1
+        _, _, grid_size = d2l.patch_grid(self.img_size, self.patch_size)
+        num_steps = self.num_prefix_tokens + grid_size[0] * grid_size[1]
         self.pos_embedding = self.param(
             'pos_embedding', nn.initializers.normal(stddev=0.02),
             (1, num_steps, self.num_hiddens))
@@ -318,6 +328,11 @@ class ViT(d2l.Classifier):
         self.head = nn.Sequential([
             nn.LayerNorm(epsilon=1e-6),
             nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)])
+
+    @property
+    def num_prefix_tokens(self):
+        """The tokens before the patches: the class token, if any."""
+        return 1 if self.pool == 'cls' else 0
 
     def __call__(self, X, training=False, return_weights=False):
         X = self.patch_embedding(X)
@@ -342,8 +357,9 @@ class ViT(d2l.Classifier):
         Defined in :numref:`sec_vision-transformer`"""
         model = self.clone(img_size=img_size)
         params = dict(params, pos_embedding=resize_position_embedding(
-            params['pos_embedding'], patch_grid(self.img_size, self.patch_size)[2],
-            patch_grid(img_size, self.patch_size)[2], int(self.pool == 'cls'),
+            params['pos_embedding'],
+            d2l.patch_grid(self.img_size, self.patch_size)[2],
+            d2l.patch_grid(img_size, self.patch_size)[2], self.num_prefix_tokens,
             mode))
         return model, params
 
@@ -366,7 +382,8 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
     """Interpolate position embeddings to a new grid of patches in 2D.
 
     Defined in :numref:`sec_vision-transformer`"""
-    check_position_grid(pos_embedding.shape[1], num_prefix_tokens, old_grid)
+    d2l.check_position_grid(pos_embedding.shape[1], num_prefix_tokens,
+                            old_grid)
     prefix = pos_embedding[:, :num_prefix_tokens]
     # (1, h * w, d) -> (1, h, w, d): an image with d channels
     grid = pos_embedding[:, num_prefix_tokens:].reshape(
@@ -487,7 +504,7 @@ def patches_as_sequence(X, patch_size):
     """Cut NHWC images into the sequence of patches that a ViT reads.
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    patch_grid(tuple(X.shape[1:3]), patch_size)  # refuse leftover pixels
+    d2l.patch_grid(tuple(X.shape[1:3]), patch_size)  # refuse leftover pixels
     # Shape: (batch size, no. of patches, patch_size, patch_size, channels)
     return d2l.patchify(X, patch_size).reshape(
         X.shape[0], -1, patch_size, patch_size, X.shape[3])
@@ -557,8 +574,8 @@ def position_embedding_similarity(pos_embedding, grid_size,
     (grid height, grid width, grid height, grid width).
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    height, width = check_token_grid(pos_embedding.shape[1], grid_size,
-                                     num_prefix_tokens)
+    height, width = d2l.check_token_grid(pos_embedding.shape[1], grid_size,
+                                         num_prefix_tokens)
     P = pos_embedding[0, num_prefix_tokens:]
     P = P / jnp.linalg.norm(P, axis=-1, keepdims=True)
     return (P @ P.T).reshape(height, width, height, width)
@@ -592,7 +609,7 @@ def class_token_attention(attention, grid_size):
     returns shape (..., grid height, grid width).
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    height, width = check_token_grid(attention.shape[-1], grid_size)
+    height, width = d2l.check_token_grid(attention.shape[-1], grid_size)
     return attention[..., 0, 1:].reshape(*attention.shape[:-2], height, width)
 
 def attention_rollout(attention):
@@ -642,7 +659,7 @@ def patch_distances(grid_size, patch_size):
     shape (no. of patches, no. of patches), patches in reading order.
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    height, width = grid_pair(grid_size)
+    height, width = d2l.grid_pair(grid_size)
     rows, cols = np.divmod(np.arange(height * width), width)
     centres = patch_size * np.stack((rows, cols), axis=1).astype(np.float32)
     return np.linalg.norm(centres[:, None] - centres[None], axis=-1)
@@ -661,7 +678,7 @@ def mean_attention_distance(attention, grid_size, patch_size):
         raise ValueError(f'expected attention of shape (batch size, heads, '
                          f'tokens, tokens), got {tuple(attention.shape)}: '
                          'pass one block\'s weights, not the list of blocks')
-    check_token_grid(attention.shape[-1], grid_size)
+    d2l.check_token_grid(attention.shape[-1], grid_size)
     distances = jnp.asarray(patch_distances(grid_size, patch_size))
     A = attention[:, :, 1:, 1:]
     A = A / A.sum(axis=-1, keepdims=True)
@@ -795,30 +812,16 @@ class DistillationViT(d2l.ViT):
                            self.teacher_weight)
         super().__post_init__()
 
+    num_prefix_tokens = 2  # the class and the distillation token
+
     def setup(self):
         if self.pool != 'cls':
             raise ValueError('DistillationViT reads the class token: pool '
                              f"must be 'cls', got {self.pool!r}")
-        self.patch_embedding = d2l.PatchEmbedding(
-            self.img_size, self.patch_size, self.num_hiddens,
-            self.num_channels)
-        num_patches = math.prod(
-            d2l.patch_grid(self.img_size, self.patch_size)[2])
-        self.cls_token = self.param('cls_token', nn.initializers.zeros,
-                                    (1, 1, self.num_hiddens))
+        super().setup()  # the ViT's layers, with room for both tokens
         self.dist_token = self.param('dist_token',
                                      nn.initializers.normal(stddev=0.02),
                                      (1, 1, self.num_hiddens))
-        self.pos_embedding = self.param(
-            'pos_embedding', nn.initializers.normal(stddev=0.02),
-            (1, num_patches + 2, self.num_hiddens))
-        self.dropout = nn.Dropout(self.emb_dropout)
-        self.blks = [d2l.ViTBlock(self.num_hiddens, self.mlp_num_hiddens,
-                                  self.num_heads, self.blk_dropout,
-                                  self.use_bias) for _ in range(self.num_blks)]
-        self.head = nn.Sequential([
-            nn.LayerNorm(epsilon=1e-6),
-            nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros)])
         self.head_dist = nn.Dense(self.num_classes,
                                   kernel_init=nn.initializers.zeros)
 
@@ -944,7 +947,7 @@ def window_partition(X, window_size):
 
     Defined in :numref:`sec_swin`"""
     batch_size, height, width, channels = X.shape
-    check_window_grid((height, width), window_size)
+    d2l.check_window_grid((height, width), window_size)
     X = X.reshape(batch_size, height // window_size, window_size,
                   width // window_size, window_size, channels)
     X = X.transpose(0, 1, 3, 2, 4, 5)  # window row, window col, row, col
@@ -955,7 +958,7 @@ def window_reverse(windows, window_size, grid_size):
     window_partition.
 
     Defined in :numref:`sec_swin`"""
-    height, width = check_window_grid(grid_size, window_size)
+    height, width = d2l.check_window_grid(grid_size, window_size)
     channels = windows.shape[-1]
     X = windows.reshape(-1, height // window_size, width // window_size,
                         window_size, window_size, channels)
@@ -1013,7 +1016,7 @@ def shifted_window_labels(grid_size, window_size, shift_size):
     """Label each token of the grid with its shifted window, after the roll.
 
     Defined in :numref:`sec_swin`"""
-    height, width = check_window_grid(grid_size, window_size)
+    height, width = d2l.check_window_grid(grid_size, window_size)
     # The first shift_size rows (columns) get -1; then one label per window
     rows = (jnp.arange(height) - shift_size) // window_size
     cols = (jnp.arange(width) - shift_size) // window_size
@@ -1071,11 +1074,11 @@ class SwinBlock(nn.Module):
     dropout: float = 0.0
 
     def setup(self):
-        self.grid = grid_pair(self.grid_size)
+        self.grid = d2l.grid_pair(self.grid_size)
         self.window, self.shift = self.window_size, self.shift_size
         if min(self.grid) <= self.window:  # one window: nothing to shift
             self.window, self.shift = min(self.grid), 0
-        check_window_grid(self.grid, self.window)
+        d2l.check_window_grid(self.grid, self.window)
         self.ln1 = nn.LayerNorm(epsilon=1e-6)
         self.attention = WindowAttention(self.num_hiddens, self.num_heads,
                                          self.dropout, window_size=self.window)
@@ -1119,7 +1122,7 @@ class PatchMerging(nn.Module):
 
     def __call__(self, X, training=False):
         batch_size, height, width, num_hiddens = X.shape
-        height, width = merged_grid((height, width))
+        height, width = d2l.merged_grid((height, width))
         X = X.reshape(batch_size, height, 2, width, 2, num_hiddens)
         # (batch, height, width, col offset, row offset, num_hiddens)
         X = X.transpose(0, 1, 3, 4, 2, 5)
@@ -1159,7 +1162,7 @@ class SwinTransformer(d2l.Classifier):
                                                    self.num_heads)):
             if stage > 0:  # half the grid, twice the width
                 blks.append(PatchMerging(width))
-                grid, width = merged_grid(grid), 2 * width
+                grid, width = d2l.merged_grid(grid), 2 * width
             for i in range(depth):  # regular and shifted windows in turn
                 blks.append(SwinBlock(width, self.mlp_ratio * width, heads,
                                       grid, self.window_size,

@@ -1,7 +1,10 @@
-"""The chapter's PyTorch library: what it adds to ``from d2l import torch as d2l``.
+"""The chapter's PyTorch library, used as ``from d2l_extras import torch as d2l``.
 
-The part above the WARNING marker is written by hand; the part below is the
-chapter's ``#@save`` code, written by ``d2lbook build lib``.
+It is d2l 1.0.3's PyTorch library plus the chapter's code: names the chapter
+defines come from here, every other name (``d2l.Trainer``, ``d2l.plot``) from
+d2l's module, so both tabs call the library ``d2l``. The part above the
+WARNING marker is written by hand; the part below is the chapter's ``#@save``
+code, written by ``d2lbook build lib``.
 """
 import math
 import sys
@@ -9,27 +12,39 @@ import time
 
 import numpy as np
 import torch
-from d2l import torch as d2l
+from d2l import torch as d2l_torch
 from torch import nn
 from torch.nn import functional as F
 
-from d2l_extras import quick_mode, reference_runs, trained_params
-from d2l_extras.fashion_mnist_data import CIFAR10Batches, FashionMNISTBatches
-from d2l_extras.image_checks import (check_image_batch, check_position_grid, check_token_grid,
-                                     check_window_grid, grid_pair, merged_grid, patch_grid)
-from d2l_extras.timm_import import vit_from_timm
-from d2l_extras.torch_to_flax import params_from_torch, params_to_torch
+from d2l_extras.checks import (check_image_batch, check_position_grid, check_token_grid,
+                               check_window_grid, grid_pair, merged_grid, patch_grid)
+from d2l_extras.convert.from_timm import vit_from_timm
+from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
+from d2l_extras.data import modules
+from d2l_extras.run import quick_mode, reference_runs, saved_params
 
-# The notebooks call this module `extras`; saved code that says `extras.ViT`
-# runs here unchanged.
-extras = sys.modules[__name__]
+# The saved code below says `d2l.ViT` and `d2l.Classifier`, as the notebooks do.
+d2l = sys.modules[__name__]
+
+
+def __getattr__(name):
+    """The names of d2l's own PyTorch library that this module does not define."""
+    try:
+        return getattr(d2l_torch, name)
+    except AttributeError:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}') from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(dir(d2l_torch)))
 
 
 def run_size(max_epochs, verbose=True, quick_max_epochs=quick_mode.QUICK_MAX_EPOCHS,
              quick_num_train=quick_mode.QUICK_NUM_TRAIN,
              quick_num_val=quick_mode.QUICK_NUM_VAL):
     """Epochs and examples for a training cell: quick mode on a machine
-    without a GPU unless D2L_VIT_QUICK says otherwise (see quick_mode)."""
+    without a GPU unless D2L_VIT_QUICK says otherwise (see
+    ``d2l_extras.run.quick_mode``)."""
     return quick_mode.run_size(max_epochs, torch.cuda.is_available(), verbose,
                                quick_max_epochs, quick_num_train, quick_num_val)
 
@@ -39,9 +54,9 @@ def save_trained(path, model, data, **settings):
     what decided them: the hyperparameters of the model and of the data module,
     and the keyword arguments (run size, seed). Writes a new file, then
     renames it."""
-    record = {'settings': trained_params.settings_json(model.hparams, data, settings),
+    record = {'settings': saved_params.settings_json(model.hparams, data, settings),
               'state_dict': model.state_dict()}
-    trained_params.write_atomically(path, lambda file: torch.save(record, file))
+    saved_params.write_atomically(path, lambda file: torch.save(record, file))
 
 
 def load_trained(path, model, data, **settings):
@@ -51,8 +66,8 @@ def load_trained(path, model, data, **settings):
     def read(file):
         record = torch.load(file, map_location='cpu', weights_only=True)
         return record['settings'], record['state_dict']
-    expected = trained_params.settings_json(model.hparams, data, settings)
-    state_dict = trained_params.load(path, expected, read)
+    expected = saved_params.settings_json(model.hparams, data, settings)
+    state_dict = saved_params.load(path, expected, read)
     if state_dict is None:
         return False
     model.load_state_dict(state_dict)
@@ -68,7 +83,7 @@ def compare_with_reference(page, models, data, run, seed=0, keep_parameters=Fals
     keep = keep_parameters and reference_runs.recording_folder(run) is not None
     data = data if isinstance(data, dict) else dict.fromkeys(models, data)
     runs = {name: (model.board, model.hparams, data[name],
-                   trained_params.settings_json(model.hparams, data[name],
+                   saved_params.settings_json(model.hparams, data[name],
                                                 {'run': run, 'seed': seed}) if keep else None,
                    reference_runs.flatten(params_from_torch(model)['params']) if keep else None)
             for name, model in models.items()}
@@ -93,34 +108,59 @@ def load_reference_parameters(page, name, model, data, run, seed=0):
     return True
 
 
-class FashionMNIST(FashionMNISTBatches, d2l.DataModule):
+def init_xavier_(model):
+    """Xavier-uniform weights and zero biases for every linear and convolution
+    layer of ``model``, as the Flax models of the JAX tab initialize: a
+    convolution's weight counts as the (out, in * kernel size) matrix of the
+    linear layer it is, and a layer named ``qkv`` as the three (d, d)
+    matrices it stacks, each initialized on its own."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            matrix = module.weight.view(module.weight.shape[0], -1)
+            for W in matrix.chunk(3 if name.endswith('qkv') else 1):
+                nn.init.xavier_uniform_(W)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+# How ViTAttention computes attention when it need not return the weights:
+# 'auto', 'always' or 'never' the fused kernel (see use_fused_attention).
+FUSED_ATTENTION = 'auto'
+
+
+def use_fused_attention(dropout, device):
+    """Whether ViTAttention calls ``F.scaled_dot_product_attention`` (one
+    optimized call that keeps no attention weights) instead of its explicit
+    three lines, as ``FUSED_ATTENTION`` says: 'always', 'never', or 'auto',
+    which is always except with attention dropout on a CPU, where the kernel
+    falls back to an unfused computation slower than the explicit one
+    (benchmarks/README.md)."""
+    if FUSED_ATTENTION not in ('auto', 'always', 'never'):
+        raise ValueError(f'FUSED_ATTENTION={FUSED_ATTENTION!r}: set it to '
+                         "'auto', 'always' or 'never'")
+    if FUSED_ATTENTION == 'auto':
+        return not (dropout > 0 and device.type == 'cpu')
+    return FUSED_ATTENTION == 'always'
+
+
+class ImageDataModule(modules.ImageDataModule, d2l_torch.DataModule):
+    """A labelled image dataset as NCHW float tensors in [0, 1] (see
+    ``d2l_extras.data.modules``)."""
+    def convert(self, array):
+        return torch.from_numpy(array)
+
+
+class FashionMNIST(modules.FashionMNISTData, ImageDataModule):
     """Fashion-MNIST as NCHW float tensors in [0, 1].
 
     d2l's own class downloads through torchvision with no offline fallback;
     this one keeps its interface and adds the stand-in, example caps and an
     optional ``augment(images, rng)`` for the training images."""
-    def __init__(self, batch_size=64, resize=(28, 28), root=None,
-                 num_train=None, num_val=None, augment=None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.load(root, num_train, num_val)
-
-    def convert(self, array):
-        return torch.from_numpy(array)
 
 
-class CIFAR10(CIFAR10Batches, d2l.DataModule):
+class CIFAR10(modules.CIFAR10Data, ImageDataModule):
     """CIFAR-10 as NCHW float tensors in [0, 1], with the interface of
-    ``FashionMNIST``: an offline stand-in (the UCI digits in colour), example
-    caps and an optional ``augment(images, rng)`` for the training images."""
-    def __init__(self, batch_size=64, resize=(32, 32), root=None,
-                 num_train=None, num_val=None, augment=None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.load(root, num_train, num_val)
-
-    def convert(self, array):
-        return torch.from_numpy(array)
+    ``FashionMNIST``."""
 
 #################   WARNING   ################
 # The below part is generated automatically through:
@@ -134,7 +174,7 @@ class PatchEmbedding(nn.Module):
     def __init__(self, img_size=96, patch_size=16, num_hiddens=512,
                  num_channels=1):
         super().__init__()
-        self.img_size, self.patch_size, self.grid_size = patch_grid(
+        self.img_size, self.patch_size, self.grid_size = d2l.patch_grid(
             img_size, patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_channels = num_channels
@@ -142,8 +182,8 @@ class PatchEmbedding(nn.Module):
                               kernel_size=patch_size, stride=patch_size)
 
     def forward(self, X):
-        check_image_batch(X.shape, self.num_channels, self.img_size,
-                          channels_last=False)
+        d2l.check_image_batch(X.shape, self.num_channels, self.img_size,
+                              channels_last=False)
         # Output shape: (batch size, no. of patches, num_hiddens)
         return self.conv(X).flatten(2).transpose(1, 2)
 
@@ -194,18 +234,15 @@ class ViTAttention(nn.Module):
         # Shape of Q, K, V: (batch size, num_heads, no. of tokens, head width)
         Q, K, V = self.qkv(X).reshape(batch_size, num_steps, 3, self.num_heads,
                                       -1).permute(2, 0, 3, 1, 4)
-        # The fused kernel has no dropout on a CPU; its fallback is slower
-        # than these three lines (benchmarks/train_step.py)
-        if return_weights or (self.training and self.attention_dropout.p > 0
-                              and X.device.type == 'cpu'):
+        dropout = self.attention_dropout.p if self.training else 0.0
+        if return_weights or not d2l.use_fused_attention(dropout, X.device):
             # softmax(Q K^T / sqrt(head width)) V, step by step
             scores = Q @ K.transpose(2, 3) / Q.shape[-1]**0.5
             weights = F.softmax(scores, dim=-1)
             H = self.attention_dropout(weights) @ V
         else:  # The same in one fused kernel, which keeps no weights
             weights = None
-            dropout_p = self.attention_dropout.p if self.training else 0
-            H = F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p)
+            H = F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout)
         # Concatenate the heads: (batch size, no. of tokens, num_hiddens)
         H = H.transpose(1, 2).reshape(batch_size, num_steps, num_hiddens)
         return self.proj(H), weights
@@ -242,10 +279,9 @@ class ViT(d2l.Classifier):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.patch_embedding = PatchEmbedding(img_size, patch_size,
                                               num_hiddens, num_channels)
-        num_steps = self.patch_embedding.num_patches
         if pool == 'cls':
             self.cls_token = nn.Parameter(torch.zeros(1, 1, num_hiddens))
-            num_steps += 1
+        num_steps = self.num_prefix_tokens + self.patch_embedding.num_patches
         self.pos_embedding = nn.Parameter(
             0.02 * torch.randn(1, num_steps, num_hiddens))
         self.dropout = nn.Dropout(emb_dropout)
@@ -256,19 +292,16 @@ class ViT(d2l.Classifier):
                                   nn.Linear(num_hiddens, num_classes))
         self.initialize_weights()
 
+    @property
+    def num_prefix_tokens(self):
+        """The tokens before the patches: the class token, if any."""
+        return 1 if self.pool == 'cls' else 0
+
     def initialize_weights(self):
         with torch.no_grad():  # Create the lazy layers' weights
             self(torch.zeros(1, self.num_channels,
                              *self.patch_embedding.img_size))
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                # Xavier on the (out, in) matrix, also for the patch conv, and
-                # on each of the three (d, d) matrices that qkv stacks
-                matrix = module.weight.view(module.weight.shape[0], -1)
-                for W in matrix.chunk(3 if name.endswith('qkv') else 1):
-                    nn.init.xavier_uniform_(W)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        d2l.init_xavier_(self)  # as the JAX tab's layers initialize
         nn.init.zeros_(self.head[1].weight)
 
     def forward(self, X, return_weights=False):
@@ -294,7 +327,7 @@ class ViT(d2l.Classifier):
         state = self.state_dict()
         state['pos_embedding'] = resize_position_embedding(
             state['pos_embedding'], self.patch_embedding.grid_size,
-            model.patch_embedding.grid_size, int(self.pool == 'cls'), mode)
+            model.patch_embedding.grid_size, self.num_prefix_tokens, mode)
         model.load_state_dict(state)
         return model.to(self.pos_embedding.device)
 
@@ -317,7 +350,8 @@ def resize_position_embedding(pos_embedding, old_grid, new_grid,
     """Interpolate position embeddings to a new grid of patches in 2D.
 
     Defined in :numref:`sec_vision-transformer`"""
-    check_position_grid(pos_embedding.shape[1], num_prefix_tokens, old_grid)
+    d2l.check_position_grid(pos_embedding.shape[1], num_prefix_tokens,
+                            old_grid)
     prefix = pos_embedding[:, :num_prefix_tokens]
     # (1, h * w, d) -> (1, d, h, w): an image with d channels
     grid = pos_embedding[:, num_prefix_tokens:].reshape(
@@ -409,7 +443,7 @@ def warmup_cosine(step, warmup_steps, total_steps):
     progress = min((step - warmup_steps) / decay_steps, 1)
     return 0.5 * (1 + math.cos(math.pi * progress))
 
-class TunedViT(extras.ViT):
+class TunedViT(d2l.ViT):
     """The chapter's ViT with AdamW and a schedule, and label smoothing.
 
     Defined in :numref:`sec_vit-exercise-accuracy`"""
@@ -457,9 +491,9 @@ def patches_as_sequence(X, patch_size):
     """Cut NCHW images into the sequence of patches that a ViT reads.
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    patch_grid(tuple(X.shape[2:]), patch_size)  # refuse leftover pixels
+    d2l.patch_grid(tuple(X.shape[2:]), patch_size)  # refuse leftover pixels
     # Shape: (batch size, no. of patches, channels, patch_size, patch_size)
-    return extras.patchify(X, patch_size).reshape(
+    return d2l.patchify(X, patch_size).reshape(
         X.shape[0], -1, X.shape[1], patch_size, patch_size)
 
 def show_patch_sequence(image, patches, figsize=(9, 3.6)):
@@ -526,8 +560,8 @@ def position_embedding_similarity(pos_embedding, grid_size,
     (grid height, grid width, grid height, grid width).
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    height, width = check_token_grid(pos_embedding.shape[1], grid_size,
-                                     num_prefix_tokens)
+    height, width = d2l.check_token_grid(pos_embedding.shape[1], grid_size,
+                                         num_prefix_tokens)
     P = pos_embedding.detach()[0, num_prefix_tokens:]
     P = P / P.norm(dim=-1, keepdim=True)
     return (P @ P.T).reshape(height, width, height, width)
@@ -561,7 +595,7 @@ def class_token_attention(attention, grid_size):
     returns shape (..., grid height, grid width).
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    height, width = check_token_grid(attention.shape[-1], grid_size)
+    height, width = d2l.check_token_grid(attention.shape[-1], grid_size)
     return attention[..., 0, 1:].reshape(*attention.shape[:-2], height, width)
 
 def attention_rollout(attention):
@@ -611,7 +645,7 @@ def patch_distances(grid_size, patch_size):
     shape (no. of patches, no. of patches), patches in reading order.
 
     Defined in :numref:`sec_vit-what-it-learns`"""
-    height, width = grid_pair(grid_size)
+    height, width = d2l.grid_pair(grid_size)
     rows, cols = np.divmod(np.arange(height * width), width)
     centres = patch_size * np.stack((rows, cols), axis=1).astype(np.float32)
     return np.linalg.norm(centres[:, None] - centres[None], axis=-1)
@@ -630,7 +664,7 @@ def mean_attention_distance(attention, grid_size, patch_size):
         raise ValueError(f'expected attention of shape (batch size, heads, '
                          f'tokens, tokens), got {tuple(attention.shape)}: '
                          'pass one block\'s weights, not the list of blocks')
-    check_token_grid(attention.shape[-1], grid_size)
+    d2l.check_token_grid(attention.shape[-1], grid_size)
     distances = torch.as_tensor(patch_distances(grid_size, patch_size),
                                 device=attention.device)
     A = attention[:, :, 1:, 1:]
@@ -728,7 +762,7 @@ def check_distillation(distillation, temperature, teacher_weight):
                          "head's loss, between 0 and 1; got "
                          f'{teacher_weight}')
 
-class DistillationViT(extras.ViT):
+class DistillationViT(d2l.ViT):
     """The ViT with a distillation token and a second head (DeiT).
 
     Defined in :numref:`sec_deit`"""
@@ -739,18 +773,16 @@ class DistillationViT(extras.ViT):
         self.distillation, self.temperature = distillation, temperature
         self.teacher_weight = teacher_weight
 
+    num_prefix_tokens = 2  # the class and the distillation token
+
     def initialize_weights(self):
         # ViT.__init__ calls this once its layers exist: first add the
-        # distillation token, a position embedding for both tokens and the
-        # patches, and the distillation head
+        # distillation token and the distillation head
         if self.pool != 'cls':
             raise ValueError('DistillationViT reads the class token: pool '
                              f"must be 'cls', got {self.pool!r}")
-        num_patches = self.patch_embedding.num_patches
         self.dist_token = nn.Parameter(
             0.02 * torch.randn(1, 1, self.num_hiddens))
-        self.pos_embedding = nn.Parameter(
-            0.02 * torch.randn(1, num_patches + 2, self.num_hiddens))
         self.head_dist = nn.Linear(self.num_hiddens, self.num_classes)
         super().initialize_weights()  # Xavier everywhere, zero class head
         nn.init.zeros_(self.head_dist.weight)
@@ -849,7 +881,7 @@ def window_partition(X, window_size):
 
     Defined in :numref:`sec_swin`"""
     batch_size, height, width, channels = X.shape
-    check_window_grid((height, width), window_size)
+    d2l.check_window_grid((height, width), window_size)
     X = X.reshape(batch_size, height // window_size, window_size,
                   width // window_size, window_size, channels)
     X = X.permute(0, 1, 3, 2, 4, 5)  # window row, window col, row, col
@@ -860,7 +892,7 @@ def window_reverse(windows, window_size, grid_size):
     window_partition.
 
     Defined in :numref:`sec_swin`"""
-    height, width = check_window_grid(grid_size, window_size)
+    height, width = d2l.check_window_grid(grid_size, window_size)
     channels = windows.shape[-1]
     X = windows.reshape(-1, height // window_size, width // window_size,
                         window_size, window_size, channels)
@@ -878,7 +910,7 @@ def relative_position_index(window_size):
     delta_cols = cols[:, None] - cols[None, :] + window_size - 1
     return delta_rows * (2 * window_size - 1) + delta_cols
 
-class WindowAttention(extras.ViTAttention):
+class WindowAttention(d2l.ViTAttention):
     """Multi-head self-attention in windows, with relative position bias.
 
     Defined in :numref:`sec_swin`"""
@@ -916,7 +948,7 @@ def shifted_window_labels(grid_size, window_size, shift_size):
     """Label each token of the grid with its shifted window, after the roll.
 
     Defined in :numref:`sec_swin`"""
-    height, width = check_window_grid(grid_size, window_size)
+    height, width = d2l.check_window_grid(grid_size, window_size)
     # The first shift_size rows (columns) get -1; then one label per window
     rows = torch.div(torch.arange(height) - shift_size, window_size,
                      rounding_mode='floor')
@@ -970,16 +1002,16 @@ class SwinBlock(nn.Module):
     def __init__(self, num_hiddens, mlp_num_hiddens, num_heads, grid_size,
                  window_size, shift_size=0, dropout=0):
         super().__init__()
-        self.grid_size = grid_pair(grid_size)
+        self.grid_size = d2l.grid_pair(grid_size)
         if min(self.grid_size) <= window_size:  # one window: nothing to shift
             window_size, shift_size = min(self.grid_size), 0
-        check_window_grid(self.grid_size, window_size)
+        d2l.check_window_grid(self.grid_size, window_size)
         self.window_size, self.shift_size = window_size, shift_size
         self.ln1 = nn.LayerNorm(num_hiddens, eps=1e-6)
         self.attention = WindowAttention(num_hiddens, num_heads, dropout,
                                          window_size=window_size)
         self.ln2 = nn.LayerNorm(num_hiddens, eps=1e-6)
-        self.mlp = extras.ViTMLP(mlp_num_hiddens, num_hiddens, dropout)
+        self.mlp = d2l.ViTMLP(mlp_num_hiddens, num_hiddens, dropout)
         self.register_buffer('attention_mask', shifted_window_mask(
             self.grid_size, window_size, shift_size) if shift_size else None,
             persistent=False)
@@ -1017,7 +1049,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, X):
         batch_size, height, width, num_hiddens = X.shape
-        height, width = merged_grid((height, width))
+        height, width = d2l.merged_grid((height, width))
         X = X.reshape(batch_size, height, 2, width, 2, num_hiddens)
         # (batch, height, width, col offset, row offset, num_hiddens)
         X = X.permute(0, 1, 3, 4, 2, 5)
@@ -1038,14 +1070,14 @@ class SwinTransformer(d2l.Classifier):
         if len(depths) != len(num_heads):
             raise ValueError(f'depths {depths} and num_heads {num_heads} must '
                              'give one number per stage')
-        self.patch_embedding = extras.PatchEmbedding(img_size, patch_size,
-                                                     num_hiddens, num_channels)
+        self.patch_embedding = d2l.PatchEmbedding(img_size, patch_size,
+                                                  num_hiddens, num_channels)
         self.patch_norm = nn.LayerNorm(num_hiddens, eps=1e-6)
         grid, width, blks = self.patch_embedding.grid_size, num_hiddens, []
         for stage, (depth, heads) in enumerate(zip(depths, num_heads)):
             if stage > 0:  # half the grid, twice the width
                 blks.append(PatchMerging(width))
-                grid, width = merged_grid(grid), 2 * width
+                grid, width = d2l.merged_grid(grid), 2 * width
             for i in range(depth):  # regular and shifted windows in turn
                 blks.append(SwinBlock(width, mlp_ratio * width, heads, grid,
                                       window_size, (i % 2) * window_size // 2,
@@ -1059,13 +1091,8 @@ class SwinTransformer(d2l.Classifier):
         with torch.no_grad():  # Create the lazy layers' weights
             self(torch.zeros(1, self.num_channels,
                              *self.patch_embedding.img_size))
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                matrix = module.weight.view(module.weight.shape[0], -1)
-                for W in matrix.chunk(3 if name.endswith('qkv') else 1):
-                    nn.init.xavier_uniform_(W)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        d2l.init_xavier_(self)  # as the JAX tab's layers initialize
+        for module in self.modules():
             if isinstance(module, WindowAttention):
                 nn.init.normal_(module.relative_position_bias_table, std=0.02)
         nn.init.zeros_(self.head.weight)

@@ -35,7 +35,7 @@ def offline_quick_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv('D2L_VIT_DATA', str(tmp_path_factory.mktemp('data')))
     monkeypatch.delenv('D2L_VIT_FASHION_MNIST', raising=False)
     monkeypatch.delenv('D2L_VIT_RECORD', raising=False)
-    from d2l_extras import fashion_mnist
+    from d2l_extras.data import fashion_mnist
     monkeypatch.setattr(fashion_mnist, 'SYSTEM_FOLDERS', ())
 
 

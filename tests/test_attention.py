@@ -136,3 +136,33 @@ def test_attention_dropout_acts_on_the_attention_weights():
     assert (output - expected).abs().max() < 1e-5
     # and dropout did act: the output differs from evaluation mode's
     assert (output - attention.eval()(X)[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize('setting, training, fused', [
+    ('auto', False, True), ('auto', True, False),  # dropout on a CPU: explicit
+    ('always', True, True), ('never', False, False)])
+def test_one_switch_of_the_library_chooses_the_fused_kernel(monkeypatch, setting, training, fused):
+    calls = []
+    kernels = [(torch.nn.functional, 'scaled_dot_product_attention'),
+               (jax.nn, 'dot_product_attention')]
+    for module, name in kernels:
+        kernel = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, kernel=kernel, **k: calls.append(1) or kernel(*a, **k))
+    monkeypatch.setattr(torch_lib, 'FUSED_ATTENTION', setting)
+    monkeypatch.setattr(jax_lib, 'FUSED_ATTENTION', setting)
+    attention = torch_attention(30, 6, True, dropout=0.5).train(training)
+    with torch.no_grad():
+        _, weights = attention(torch.randn(2, 9, 30))
+    assert (weights is None) == fused and len(calls) == fused  # the explicit path has them
+    # JAX's kernel has no dropout: in training with dropout, always explicit
+    calls.clear()
+    jax_lib.ViTAttention(30, 6, 0.5, True).init_with_output(
+        {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, jnp.ones((2, 9, 30)), training)
+    assert len(calls) == (fused and not training)
+
+
+def test_the_switch_refuses_a_setting_it_does_not_know(monkeypatch):
+    for lib, args in ((torch_lib, (0.0, torch.device('cpu'))), (jax_lib, (0.0,))):
+        monkeypatch.setattr(lib, 'FUSED_ATTENTION', 'yes')
+        with pytest.raises(ValueError, match="'auto', 'always' or 'never'"):
+            lib.use_fused_attention(*args)

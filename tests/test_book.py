@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from d2l_extras import fashion_mnist, reference_runs
+from d2l_extras.data import fashion_mnist
+from d2l_extras.run import reference_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTION = 'chapter_vit/vision-transformer'

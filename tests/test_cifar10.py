@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from d2l_extras import cifar10, fashion_mnist, offline_standin
+from d2l_extras.data import cifar10, download, standins
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
-from d2l_extras.image_arrays import ImageArrays
-from d2l_extras.image_resize import resize_images
+from d2l_extras.data.arrays import ImageArrays
+from d2l_extras.data.resize import resize_images
 
 
 def py2_pickle(obj):
@@ -119,7 +119,7 @@ def test_a_checksum_mismatch_names_the_file_and_the_fix(small_cifar10, tmp_path)
     _, mirror = small_cifar10
     path = cache(mirror, tmp_path / 'data')
     path.write_bytes(path.read_bytes()[:-10])  # truncated
-    with pytest.raises(fashion_mnist.CorruptDataError,
+    with pytest.raises(download.CorruptDataError,
                        match=f'{re.escape(str(path))} is corrupt: its MD5 checksum .* '
                              f'Delete {re.escape(str(path))} and run again'):
         cifar10.load_cifar10(tmp_path / 'data')
@@ -141,7 +141,7 @@ def test_offline_gives_the_standin_in_one_line_and_never_touches_the_network(
         tmp_path, capsys, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError('D2L_VIT_OFFLINE=1 must not touch the network')
-    monkeypatch.setattr(fashion_mnist.urllib.request, 'urlopen', no_network)
+    monkeypatch.setattr(download.urllib.request, 'urlopen', no_network)
     data = cifar10.load_cifar10(tmp_path)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('CIFAR-10 is not available offline')
@@ -159,7 +159,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     evil = pickle.dumps({b'data': Payload(), b'labels': [0]}, protocol=4)
     path = tmp_path / cifar10.ARCHIVE[0]
     path.write_bytes(archive_bytes({}, extra={name: evil for name in cifar10.TRAIN_BATCHES + ('test_batch',)}))
-    with pytest.raises(fashion_mnist.CorruptDataError, match='system is not part of a CIFAR-10 batch'):
+    with pytest.raises(download.CorruptDataError, match='system is not part of a CIFAR-10 batch'):
         cifar10.read_archive(path)
     assert not marker.exists()
 
@@ -168,7 +168,7 @@ def test_a_batch_of_the_wrong_shape_is_refused(tmp_path):
     wrong = py2_pickle({b'data': np.zeros((2, 100), np.uint8), b'labels': [0, 1]})
     path = tmp_path / cifar10.ARCHIVE[0]
     path.write_bytes(archive_bytes({}, extra={name: wrong for name in cifar10.TRAIN_BATCHES + ('test_batch',)}))
-    with pytest.raises(fashion_mnist.CorruptDataError, match=r'data_batch_1 does not hold \(N, 3072\) uint8'):
+    with pytest.raises(download.CorruptDataError, match=r'data_batch_1 does not hold \(N, 3072\) uint8'):
         cifar10.read_archive(path)
 
 
@@ -197,11 +197,11 @@ def test_colour_images_resize_channel_by_channel_as_grayscale_ones_do():
 
 
 def test_the_colour_standin_is_the_digits_split_in_colour_and_repeatable():
-    digits, colour = offline_standin.load_digits(), offline_standin.load_colour_digits()
+    digits, colour = standins.load_digits(), standins.load_colour_digits()
     assert colour.train_images.shape == (len(digits.train_labels), 32, 32, 3)
     assert colour.train_images.dtype == np.uint8 and colour.max_value == 255
     np.testing.assert_array_equal(colour.val_labels, digits.val_labels)
-    np.testing.assert_array_equal(offline_standin.load_colour_digits().train_images, colour.train_images)
+    np.testing.assert_array_equal(standins.load_colour_digits().train_images, colour.train_images)
     # The background (a corner) differs from image to image, and the digit
     # from its background by at least 88 levels in every channel
     corners = colour.train_images[:, 0, 0].astype(int)

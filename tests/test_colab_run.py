@@ -19,7 +19,7 @@ import sysconfig
 
 import pytest
 
-from d2l_extras import reference_runs
+from d2l_extras.run import reference_runs
 
 from conftest import copy_sources
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from d2l_extras import fashion_mnist, offline_standin
+from d2l_extras.data import download, fashion_mnist, standins
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
-from d2l_extras.image_resize import resize_images
+from d2l_extras.data.resize import resize_images
 
 
 def idx_bytes(array):
@@ -72,8 +72,8 @@ def test_a_bad_download_leaves_no_file_behind(tmp_path):
     mirror.mkdir()
     (mirror / 'labels.gz').write_bytes(b'not what was published')
     folder = tmp_path / 'cache'
-    with pytest.raises(fashion_mnist.DownloadError, match='checksum mismatch'):
-        fashion_mnist.download('labels.gz', '0' * 32, folder, mirrors=(mirror.as_uri() + '/',))
+    with pytest.raises(download.DownloadError, match='checksum mismatch'):
+        download.download('labels.gz', '0' * 32, folder, mirrors=(mirror.as_uri() + '/',))
     assert list(folder.iterdir()) == []
 
 
@@ -84,8 +84,8 @@ def test_a_mirror_that_never_answers_does_not_hang(tmp_path):
     url = f'http://127.0.0.1:{server.getsockname()[1]}/'
     start = time.monotonic()
     try:
-        with pytest.raises(fashion_mnist.DownloadError):
-            fashion_mnist.download('x.gz', '0' * 32, tmp_path, mirrors=(url,), timeout=1.0)
+        with pytest.raises(download.DownloadError):
+            download.download('x.gz', '0' * 32, tmp_path, mirrors=(url,), timeout=1.0)
     finally:
         server.close()
     assert time.monotonic() - start < 8
@@ -98,24 +98,24 @@ def test_corrupt_cache_gives_a_clear_error(small_fashion_mnist, tmp_path):
     cache.mkdir(parents=True)
     for file in source.iterdir():
         (cache / file.name).write_bytes(file.read_bytes()[:-10])  # truncated
-    with pytest.raises(fashion_mnist.CorruptDataError, match='is corrupt.*Delete .* and run again'):
+    with pytest.raises(download.CorruptDataError, match='is corrupt.*Delete .* and run again'):
         fashion_mnist.load_fashion_mnist(tmp_path / 'data')
 
 
 def test_idx_reader_rejects_a_file_that_is_not_idx(tmp_path):
     path = tmp_path / 'images.gz'
     path.write_bytes(gzip.compress(b'\x01\x02\x03\x04' + bytes(100)))
-    with pytest.raises(fashion_mnist.CorruptDataError, match='not an IDX file'):
+    with pytest.raises(download.CorruptDataError, match='not an IDX file'):
         fashion_mnist.read_idx(path)
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((3, 4, 4)))[:-5]))
-    with pytest.raises(fashion_mnist.CorruptDataError, match='truncated'):
+    with pytest.raises(download.CorruptDataError, match='truncated'):
         fashion_mnist.read_idx(path)
 
 
 def test_offline_falls_back_to_the_digits_and_says_so(tmp_path, capsys, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError('D2L_VIT_OFFLINE=1 must not touch the network')
-    monkeypatch.setattr(fashion_mnist.urllib.request, 'urlopen', no_network)
+    monkeypatch.setattr(download.urllib.request, 'urlopen', no_network)
     data = fashion_mnist.load_fashion_mnist(tmp_path)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and 'not available offline' in lines[0] and 'UCI digits' in lines[0]
@@ -137,7 +137,7 @@ def test_unreachable_network_falls_back_quickly(tmp_path, capsys, monkeypatch):
 
 
 def test_standin_split_is_stratified_disjoint_and_repeatable():
-    data = offline_standin.load_digits()
+    data = standins.load_digits()
     assert len(data.train_labels) + len(data.val_labels) == 1797
     train_counts = np.bincount(data.train_labels)
     val_counts = np.bincount(data.val_labels)
@@ -146,7 +146,7 @@ def test_standin_split_is_stratified_disjoint_and_repeatable():
     train_rows = {img.tobytes() for img in data.train_images}
     overlap = sum(img.tobytes() in train_rows for img in data.val_images)
     assert overlap < 5  # the UCI set itself has a few duplicate images
-    np.testing.assert_array_equal(offline_standin.load_digits().val_labels, data.val_labels)
+    np.testing.assert_array_equal(standins.load_digits().val_labels, data.val_labels)
 
 
 def test_standin_validation_set_is_whole_minibatches_of_128():
@@ -157,8 +157,8 @@ def test_standin_validation_set_is_whole_minibatches_of_128():
 
 def test_stratified_counts_keep_the_proportions_and_the_total():
     labels = np.repeat(np.arange(3), [50, 30, 20])
-    np.testing.assert_array_equal(offline_standin.stratified_counts(labels, 10), [5, 3, 2])
-    counts = offline_standin.stratified_counts(labels, 7)
+    np.testing.assert_array_equal(standins.stratified_counts(labels, 10), [5, 3, 2])
+    counts = standins.stratified_counts(labels, 7)
     assert counts.sum() == 7 and (np.abs(counts - 7 * np.array([.5, .3, .2])) < 1).all()
 
 
@@ -256,7 +256,7 @@ def test_a_damaged_system_copy_is_refused_naming_the_file_and_the_fix(system_cop
     else:
         path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
         expected = 'it is not a readable gzip file'
-    with pytest.raises(fashion_mnist.CorruptDataError,
+    with pytest.raises(download.CorruptDataError,
                        match=f'{path} is corrupt: {expected}.*Reinstall it'):
         fashion_mnist.load_fashion_mnist(tmp_path / 'data')
 

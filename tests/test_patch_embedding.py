@@ -7,7 +7,7 @@ from jax import numpy as jnp
 
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
-from d2l_extras.image_checks import patch_grid
+from d2l_extras.checks import patch_grid
 
 
 @pytest.mark.parametrize('img_size, patch_size, channels', [(96, 16, 1), (32, 4, 3), ((24, 32), 8, 2)])

@@ -2,7 +2,8 @@
 offline switch reads the same words."""
 import pytest
 
-from d2l_extras import fashion_mnist, quick_mode
+from d2l_extras.data import download
+from d2l_extras.run import quick_mode
 
 
 @pytest.mark.parametrize('value, accelerator, expected', [
@@ -28,14 +29,14 @@ def test_a_misspelt_value_is_an_error_that_lists_the_choices(monkeypatch):
 @pytest.mark.parametrize('value, expected', [('1', True), ('on', True), ('0', False),
                                              ('no', False), ('', False)])
 def test_the_offline_switch_reads_the_same_words(monkeypatch, value, expected):
-    monkeypatch.setenv(fashion_mnist.OFFLINE_ENV_VAR, value)
-    assert fashion_mnist.offline_forced() is expected
+    monkeypatch.setenv(download.OFFLINE_ENV_VAR, value)
+    assert download.offline_forced() is expected
 
 
 def test_a_misspelt_offline_value_is_an_error_too(monkeypatch):
-    monkeypatch.setenv(fashion_mnist.OFFLINE_ENV_VAR, 'offline')
+    monkeypatch.setenv(download.OFFLINE_ENV_VAR, 'offline')
     with pytest.raises(ValueError, match='D2L_VIT_OFFLINE=.* use 1 .* 0 .* unset'):
-        fashion_mnist.offline_forced()
+        download.offline_forced()
 
 
 def test_quick_mode_caps_and_prints_one_line(monkeypatch, capsys):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from jax import numpy as jnp
 
-from d2l_extras import jax as d2l
-from d2l_extras import quick_mode, reference_runs
-from d2l_extras import torch as extras
+from d2l_extras import jax as jax_lib
+from d2l_extras.run import quick_mode, reference_runs
+from d2l_extras import torch as torch_lib
 from test_trained_params import SMALL_VIT, torch_vit
 
 Point = collections.namedtuple('Point', ['x', 'y'])
@@ -33,7 +33,7 @@ class Board:
 
 @pytest.fixture
 def data():
-    return extras.FashionMNIST(batch_size=32, resize=(32, 32), num_train=64, num_val=32)
+    return torch_lib.FashionMNIST(batch_size=32, resize=(32, 32), num_train=64, num_val=32)
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def folder(tmp_path, monkeypatch):
 def full_data():
     """All of the stand-in's examples, standing in for the full Fashion-MNIST
     that a reference run trains on (the parameters' check asks for it)."""
-    data = extras.FashionMNIST(batch_size=32, resize=(32, 32))
+    data = torch_lib.FashionMNIST(batch_size=32, resize=(32, 32))
     data.arrays.name = 'Fashion-MNIST'
     return data
 
@@ -121,7 +121,7 @@ def test_only_a_full_run_with_the_switch_set_is_recorded(monkeypatch, tmp_path):
 def test_a_page_says_in_one_line_that_no_reference_is_recorded(data, folder, capsys):
     model = torch_vit(seed=0)
     model.board = Board()
-    assert extras.compare_with_reference('page', {'vit': model}, data, FULL) == {}
+    assert torch_lib.compare_with_reference('page', {'vit': model}, data, FULL) == {}
     line, = capsys.readouterr().out.strip().splitlines()
     assert line.startswith('No reference run is recorded for page (vit) yet')
 
@@ -129,9 +129,9 @@ def test_a_page_says_in_one_line_that_no_reference_is_recorded(data, folder, cap
 def test_a_page_shows_the_reference_with_a_line_saying_what_it_was(data, folder, capsys):
     from matplotlib import pyplot as plt
     reference_runs.write_record(record(data), folder)
-    model = d2l.ViT(*SMALL_VIT, 0.1)
+    model = jax_lib.ViT(*SMALL_VIT, 0.1)
     model.board.data = Board().data
-    shown = d2l.compare_with_reference('page', {'vit': model}, data, FULL)['vit']
+    shown = jax_lib.compare_with_reference('page', {'vit': model}, data, FULL)['vit']
     line, = capsys.readouterr().out.strip().splitlines()
     assert shown['final_val_acc'] == 0.625  # the JAX tab shows the PyTorch record
     assert line.startswith('Reference run (PyTorch, ') and 'validation accuracy 0.625' in line
@@ -145,7 +145,7 @@ def test_a_full_run_is_recorded_with_its_parameters_and_both_tabs_load_them(
     full = full_data()
     trained = torch_vit(seed=0)
     trained.board = Board()
-    extras.compare_with_reference(SECTION[0], {SECTION[1]: trained}, full, FULL,
+    torch_lib.compare_with_reference(SECTION[0], {SECTION[1]: trained}, full, FULL,
                                   keep_parameters=True)
     assert 'Recorded this run as' in capsys.readouterr().out
     assert reference_runs.read_record(*SECTION, 'pytorch')['dataset']['num_train'] == len(
@@ -155,27 +155,27 @@ def test_a_full_run_is_recorded_with_its_parameters_and_both_tabs_load_them(
     rounded.load_state_dict({k: v.half().float() for k, v in trained.state_dict().items()})
     pytorch = torch_vit(seed=1)
     quick = quick_mode.RunSize(True, 1, 2, 64, 32)  # a page in quick mode loads the full run's
-    assert extras.load_reference_parameters(*SECTION, pytorch, data, quick)
+    assert torch_lib.load_reference_parameters(*SECTION, pytorch, data, quick)
     for name, value in rounded.state_dict().items():
         assert torch.equal(pytorch.state_dict()[name], value), name
-    params = d2l.load_reference_parameters(*SECTION, d2l.ViT(*SMALL_VIT, 0.1), data, quick)
+    params = jax_lib.load_reference_parameters(*SECTION, jax_lib.ViT(*SMALL_VIT, 0.1), data, quick)
     X = np.random.default_rng(0).random((2, 1, 32, 32), np.float32)
     expected = rounded.eval()(torch.from_numpy(X)).detach().numpy()
-    logits = d2l.ViT(*SMALL_VIT, 0.1).apply({'params': params}, jnp.asarray(X.transpose(0, 2, 3, 1)))
+    logits = jax_lib.ViT(*SMALL_VIT, 0.1).apply({'params': params}, jnp.asarray(X.transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
 def test_parameters_kept_by_a_jax_run_load_into_the_pytorch_model(data, folder, monkeypatch, capsys):
     monkeypatch.setenv('D2L_VIT_RECORD', str(folder))
-    model = d2l.ViT(*SMALL_VIT, 0.1)
+    model = jax_lib.ViT(*SMALL_VIT, 0.1)
     X = np.random.default_rng(0).random((2, 32, 32, 1), np.float32)
     params = model.init(jax.random.key(0), jnp.asarray(X))['params']
     model.board.data = Board().data
-    d2l.compare_with_reference(SECTION[0], {SECTION[1]: model}, full_data(), FULL,
+    jax_lib.compare_with_reference(SECTION[0], {SECTION[1]: model}, full_data(), FULL,
                                params={SECTION[1]: params})
     assert reference_runs.parameters_path(*SECTION, 'jax').exists()
     pytorch = torch_vit(seed=1)
-    assert extras.load_reference_parameters(*SECTION, pytorch, data, FULL)
+    assert torch_lib.load_reference_parameters(*SECTION, pytorch, data, FULL)
     rounded = jax.tree.map(lambda p: p.astype(jnp.float16).astype(jnp.float32), params)
     expected = model.apply({'params': rounded}, jnp.asarray(X))
     logits = pytorch.eval()(torch.from_numpy(X.transpose(0, 3, 1, 2))).detach().numpy()
@@ -187,18 +187,18 @@ def test_parameters_of_another_model_or_other_data_are_refused(data, folder, mon
     full = full_data()
     trained = torch_vit(seed=0)
     trained.board = Board()
-    extras.compare_with_reference(SECTION[0], {SECTION[1]: trained}, full, FULL,
+    torch_lib.compare_with_reference(SECTION[0], {SECTION[1]: trained}, full, FULL,
                                   keep_parameters=True)
     capsys.readouterr()
-    assert not extras.load_reference_parameters(*SECTION, torch_vit(seed=0, lr=0.05), data, FULL)
+    assert not torch_lib.load_reference_parameters(*SECTION, torch_vit(seed=0, lr=0.05), data, FULL)
     assert 'other settings (model.lr=0.1 there, 0.05 here)' in capsys.readouterr().out
-    other_size = extras.FashionMNIST(batch_size=64, resize=(32, 32), num_train=64, num_val=32)
-    assert d2l.load_reference_parameters(*SECTION, d2l.ViT(*SMALL_VIT, 0.1), other_size, FULL) is None
+    other_size = torch_lib.FashionMNIST(batch_size=64, resize=(32, 32), num_train=64, num_val=32)
+    assert jax_lib.load_reference_parameters(*SECTION, jax_lib.ViT(*SMALL_VIT, 0.1), other_size, FULL) is None
     assert 'data.batch_size=32 there, 64 here' in capsys.readouterr().out
 
 
 def test_without_kept_parameters_the_page_says_so(data, folder, capsys):
-    assert not extras.load_reference_parameters(*SECTION, torch_vit(seed=0), data, FULL)
+    assert not torch_lib.load_reference_parameters(*SECTION, torch_vit(seed=0), data, FULL)
     assert 'No reference run of vision-transformer (vit) kept its parameters' in capsys.readouterr().out
 
 
@@ -239,11 +239,11 @@ def test_a_page_cut_as_a_script_runs_the_code_of_d2lbooks_notebook_of_its_tab():
 
 
 def test_a_page_says_where_another_pages_reference_run_ended(data, folder, capsys):
-    for lib in (extras, d2l):  # both tabs
+    for lib in (torch_lib, jax_lib):  # both tabs
         assert lib.show_reference('page', 'vit') is None
         assert capsys.readouterr().out.startswith('No reference run is recorded for page (vit) yet')
     reference_runs.write_record(record(data), folder)
-    for lib in (extras, d2l):
+    for lib in (torch_lib, jax_lib):
         lib.show_reference('page', 'vit')
         line, = capsys.readouterr().out.strip().splitlines()
         assert line.startswith('Reference run (PyTorch, ') and 'validation accuracy 0.625' in line

@@ -94,3 +94,18 @@ def test_no_code_line_in_a_cell_is_too_long_for_the_pdf():
                 if len(line) > MAX_CODE_LINE]
     assert not too_long, (f'code lines longer than {MAX_CODE_LINE} characters run off the PDF\'s page; '
                           'wrap them:\n' + '\n'.join(too_long))
+
+
+def test_both_tabs_import_the_library_as_d2l_and_nothing_else_from_it():
+    """`from d2l_extras import torch as d2l` and `... jax as d2l`: the saved
+    code reads `d2l.ViT` in both libraries, and no page reaches into a
+    submodule of the library."""
+    imports = re.compile(r'^\s*(from d2l\b|import d2l\b|from d2l_extras\b|import d2l_extras\b)')
+    allowed = {'from d2l_extras import torch as d2l', 'from d2l_extras import jax as d2l'}
+    pages = sorted((ROOT / 'chapter_vit').glob('*.md'))
+    wrong = [f'{page.name}:{number}: {line.strip()}'
+             for page in pages for number, line in code_lines(page)
+             if (imports.match(line) and line.strip() not in allowed)
+             or re.search(r'\bextras\.', line)]
+    assert not wrong, ('import the chapter\'s library as `from d2l_extras import torch as d2l` '
+                       '(or `jax as d2l`) and call it `d2l`:\n' + '\n'.join(wrong))

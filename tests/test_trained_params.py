@@ -7,32 +7,32 @@ import pytest
 import torch
 from jax import numpy as jnp
 
-from d2l_extras import jax as d2l
-from d2l_extras import torch as extras
-from d2l_extras import trained_params
+from d2l_extras import jax as jax_lib
+from d2l_extras import torch as torch_lib
+from d2l_extras.run import saved_params
 
 SMALL_VIT = (32, 8, 64, 128, 4, 1, 0.1, 0.1)  # img, patch, width, MLP, heads, blocks, dropouts
 
 
 @pytest.fixture(scope='module')
 def data_and_run():
-    run = extras.run_size(max_epochs=10, verbose=False, quick_num_train=128, quick_num_val=64)
-    data = extras.FashionMNIST(batch_size=32, resize=(32, 32), num_train=run.num_train,
+    run = torch_lib.run_size(max_epochs=10, verbose=False, quick_num_train=128, quick_num_val=64)
+    data = torch_lib.FashionMNIST(batch_size=32, resize=(32, 32), num_train=run.num_train,
                                num_val=run.num_val)
     return data, run
 
 
 def torch_vit(seed, lr=0.1):
     torch.manual_seed(seed)
-    return extras.ViT(*SMALL_VIT, lr)
+    return torch_lib.ViT(*SMALL_VIT, lr)
 
 
 def test_pytorch_parameters_come_back_exactly(tmp_path, data_and_run, capsys):
     data, run = data_and_run
     path = str(tmp_path / 'vit.params')
     trained, other = torch_vit(seed=0), torch_vit(seed=1)
-    extras.save_trained(path, trained, data, run=run, seed=0)
-    assert extras.load_trained(path, other, data, run=run, seed=0)
+    torch_lib.save_trained(path, trained, data, run=run, seed=0)
+    assert torch_lib.load_trained(path, other, data, run=run, seed=0)
     assert 'Loaded the trained parameters' in capsys.readouterr().out
     for name, value in trained.state_dict().items():
         assert torch.equal(other.state_dict()[name], value), name
@@ -41,11 +41,11 @@ def test_pytorch_parameters_come_back_exactly(tmp_path, data_and_run, capsys):
 def test_jax_parameters_come_back_exactly(tmp_path, data_and_run, capsys):
     data, run = data_and_run
     path = str(tmp_path / 'vit.params')
-    model = d2l.ViT(*SMALL_VIT, 0.1)
+    model = jax_lib.ViT(*SMALL_VIT, 0.1)
     X = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 1), np.float32))
     params = model.init(jax.random.key(0), X)['params']
-    d2l.save_trained(path, model, params, data, run=run, seed=0)
-    loaded = d2l.load_trained(path, d2l.ViT(*SMALL_VIT, 0.1), data, run=run, seed=0)
+    jax_lib.save_trained(path, model, params, data, run=run, seed=0)
+    loaded = jax_lib.load_trained(path, jax_lib.ViT(*SMALL_VIT, 0.1), data, run=run, seed=0)
     assert 'Loaded the trained parameters' in capsys.readouterr().out
     assert jax.tree.structure(loaded) == jax.tree.structure(params)
     assert all(jax.tree.leaves(jax.tree.map(
@@ -57,38 +57,38 @@ def test_jax_parameters_come_back_exactly(tmp_path, data_and_run, capsys):
 def test_other_settings_are_refused_and_named(tmp_path, data_and_run, capsys):
     data, run = data_and_run
     path = str(tmp_path / 'vit.params')
-    extras.save_trained(path, torch_vit(seed=0), data, run=run, seed=0)
+    torch_lib.save_trained(path, torch_vit(seed=0), data, run=run, seed=0)
     model = torch_vit(seed=1, lr=0.05)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    assert not extras.load_trained(path, model, data, run=run, seed=1)
+    assert not torch_lib.load_trained(path, model, data, run=run, seed=1)
     message = capsys.readouterr().out
     assert 'model.lr=0.1 there, 0.05 here' in message and 'seed=0 there, 1 here' in message
     assert 'training the model here' in message
     assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
 
-    smaller = extras.FashionMNIST(batch_size=32, resize=(32, 32), num_train=64,
+    smaller = torch_lib.FashionMNIST(batch_size=32, resize=(32, 32), num_train=64,
                                   num_val=run.num_val)
-    assert not extras.load_trained(path, torch_vit(seed=0), smaller, run=run, seed=0)
+    assert not torch_lib.load_trained(path, torch_vit(seed=0), smaller, run=run, seed=0)
     assert 'data.num_train=128 there, 64 here' in capsys.readouterr().out
 
 
 def test_both_tabs_record_the_same_settings(data_and_run):
     data, run = data_and_run
     settings = {'run': run, 'seed': 0}
-    assert (trained_params.settings_json(torch_vit(seed=0).hparams, data, settings) ==
-            trained_params.settings_json(d2l.hyperparameters(d2l.ViT(*SMALL_VIT, 0.1)), data,
+    assert (saved_params.settings_json(torch_vit(seed=0).hparams, data, settings) ==
+            saved_params.settings_json(jax_lib.hyperparameters(jax_lib.ViT(*SMALL_VIT, 0.1)), data,
                                          settings))
 
 
 def test_no_file_or_an_unreadable_one_means_training(tmp_path, data_and_run, capsys):
     data, run = data_and_run
     path = tmp_path / 'vit.params'
-    assert not extras.load_trained(str(path), torch_vit(seed=0), data, run=run, seed=0)
+    assert not torch_lib.load_trained(str(path), torch_vit(seed=0), data, run=run, seed=0)
     assert 'No ' in capsys.readouterr().out
-    extras.save_trained(str(path), torch_vit(seed=0), data, run=run, seed=0)
+    torch_lib.save_trained(str(path), torch_vit(seed=0), data, run=run, seed=0)
     path.write_bytes(path.read_bytes()[:1000])  # cut short, as by a full disk
-    assert not extras.load_trained(str(path), torch_vit(seed=0), data, run=run, seed=0)
-    assert d2l.load_trained(str(path), d2l.ViT(*SMALL_VIT, 0.1), data, run=run, seed=0) is None
+    assert not torch_lib.load_trained(str(path), torch_vit(seed=0), data, run=run, seed=0)
+    assert jax_lib.load_trained(str(path), jax_lib.ViT(*SMALL_VIT, 0.1), data, run=run, seed=0) is None
     assert capsys.readouterr().out.count('Cannot read') == 2
 
 
@@ -101,6 +101,6 @@ def test_an_interrupted_save_leaves_the_old_file_whole(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trained_params.write_atomically(str(path), write_then_fail)
+        saved_params.write_atomically(str(path), write_then_fail)
     assert path.read_bytes() == b'the old parameters'
     assert [file.name for file in tmp_path.iterdir()] == ['vit.params']

@@ -76,7 +76,7 @@ def prepare(args):
                                *pinned([n for n in names if n not in COMPILED])], check=True)
     data = CARRY / 'fashion-mnist'
     data.mkdir(exist_ok=True)
-    from d2l_extras import fashion_mnist
+    from d2l_extras.data import fashion_mnist
     source = fashion_mnist.system_copy()
     if source is None:
         sys.exit('no copy of Fashion-MNIST on this machine: apt-get install dataset-fashion-mnist')

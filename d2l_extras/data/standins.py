@@ -11,7 +11,7 @@ minibatch is a new shape, compiled anew for every model the book evaluates.
 """
 import numpy as np
 
-from d2l_extras.image_arrays import ImageArrays
+from d2l_extras.data.arrays import ImageArrays
 
 NUM_VAL = 384
 SPLIT_SEED = 0
@@ -61,7 +61,7 @@ def load_colour_digits(size=COLOUR_SIZE):
     The colours carry no information about the class, and each channel of
     the digit differs from the background by at least 88 levels, so that
     every digit stays visible."""
-    from d2l_extras.image_resize import resize_images
+    from d2l_extras.data.resize import resize_images
     digits = load_digits()
     rng = np.random.default_rng(COLOUR_SEED)
 

@@ -4,7 +4,7 @@ The official archive (the "python version", 163 MB) is kept as published in a
 cache folder (``<root>/cifar-10``; ``root`` defaults to ``$D2L_VIT_DATA`` or, as
 in d2l, ``../data``). When it is missing it is downloaded over HTTPS with short
 timeouts, checked against the published MD5 sum and moved into place only
-when complete, exactly as the Fashion-MNIST files are (``fashion_mnist.download``).
+when complete, exactly as the Fashion-MNIST files are (``data.download``).
 
 The archive holds six batch files, Python pickles of dicts with the images as
 a (10000, 3072) uint8 array under ``b'data'`` (the red, green and blue planes
@@ -24,9 +24,9 @@ import tarfile
 
 import numpy as np
 
-from d2l_extras import offline_standin
-from d2l_extras.fashion_mnist import CorruptDataError, DownloadError, data_root, fetch, md5sum
-from d2l_extras.image_arrays import ImageArrays
+from d2l_extras.data import standins
+from d2l_extras.data.download import CorruptDataError, DownloadError, data_root, fetch, md5sum
+from d2l_extras.data.arrays import ImageArrays
 
 MIRRORS = ('https://www.cs.toronto.edu/~kriz/',)
 # (file name, MD5 as published by its authors and used by torchvision)
@@ -114,10 +114,10 @@ def load_cifar10(root=None, verbose=True):
     try:
         path = fetch_cifar10(root)
     except DownloadError as e:
-        standin = offline_standin.load_colour_digits()
+        standin = standins.load_colour_digits()
         if verbose:
             print(f'CIFAR-10 is not available offline ({e}); using the '
-                  f'stand-in: {offline_standin.describe_colour_digits(standin)}.')
+                  f'stand-in: {standins.describe_colour_digits(standin)}.')
         return standin
     (train_images, train_labels), (val_images, val_labels) = read_archive(path, ARCHIVE[1])
     return ImageArrays('CIFAR-10', train_images, train_labels, val_images, val_labels,

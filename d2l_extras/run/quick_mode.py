@@ -8,8 +8,8 @@ says, so a quick run is the full run, only shorter.
 """
 import dataclasses
 
-from d2l_extras import reference_runs
-from d2l_extras.env_switch import env_switch
+from d2l_extras.run import reference_runs
+from d2l_extras.run.switches import env_switch
 
 ENV_VAR = 'D2L_VIT_QUICK'
 QUICK_MAX_EPOCHS = 2

@@ -23,8 +23,8 @@ import optax
 from flax import linen as nn
 from flax.training import train_state
 
-from d2l_extras.array_loader import ArrayLoader
-from d2l_extras.plotting import ProgressBoard
+from d2l_extras.data.loader import ArrayLoader
+from d2l_extras.d2l_jax.plotting import ProgressBoard
 
 
 def get_seed():

@@ -26,10 +26,10 @@ import time
 
 import numpy as np
 
-from d2l_extras.trained_params import write_atomically
+from d2l_extras.run.saved_params import write_atomically
 
 RECORD_ENV_VAR = 'D2L_VIT_RECORD'
-FOLDER = pathlib.Path(__file__).with_name('reference_runs')
+FOLDER = pathlib.Path(__file__).parents[1] / 'reference_runs'
 FORMAT = 1
 HISTORY_KEYS = ('train_loss', 'val_loss', 'val_acc')
 REQUIRED = {'format': int, 'page': str, 'name': str, 'framework': str,
@@ -253,13 +253,13 @@ def load_parameters(path, expected_settings, otherwise='training the model here'
     """The float32 ``{'a/b/kernel': array}`` that save_parameters wrote, if
     they were trained with ``expected_settings``; otherwise print why not and
     return None."""
-    from d2l_extras import trained_params
+    from d2l_extras.run import saved_params
 
     def read(file):
         with np.load(file, allow_pickle=False) as npz:
             return str(npz['__settings__']), {k: npz[k].astype(np.float32)
                                                for k in npz.files if k != '__settings__'}
-    return trained_params.load(path, expected_settings, read, otherwise)
+    return saved_params.load(path, expected_settings, read, otherwise)
 
 
 def flatten(tree, prefix=''):
@@ -286,7 +286,7 @@ def unflatten(flat):
 def full_settings(model_hparams, data, run, seed):
     """The settings_json that the full run of this model on all of
     Fashion-MNIST has: ``data``'s hyperparameters without its caps."""
-    from d2l_extras import trained_params
+    from d2l_extras.run import saved_params
 
     class FullData:
         hparams = {**data.hparams, 'num_train': None, 'num_val': None}
@@ -294,13 +294,13 @@ def full_settings(model_hparams, data, run, seed):
         class arrays:
             name = 'Fashion-MNIST'
     full_run = type(run)(False, run.full_max_epochs, run.full_max_epochs)
-    return trained_params.settings_json(model_hparams, FullData, {'run': full_run, 'seed': seed})
+    return saved_params.settings_json(model_hparams, FullData, {'run': full_run, 'seed': seed})
 
 
 def plot_with_reference(boards, records, labels=('val_loss', 'val_acc'), figsize=(7, 2.5)):
     """Each run's curves (ProgressBoards, by name) beside its reference
     record's, in the same colour, dashed."""
-    from d2l_extras import plotting
+    from d2l_extras.d2l_jax import plotting
     plotting.use_svg_display()
     _, axes = plotting.plt.subplots(1, len(labels), figsize=figsize)
     single = len(boards) == 1

@@ -20,20 +20,13 @@ import gzip
 import hashlib
 import os
 import pathlib
-import queue
-import tempfile
-import threading
-import urllib.parse
-import urllib.request
 
 import numpy as np
 
-from d2l_extras import offline_standin
-from d2l_extras.env_switch import env_switch
-from d2l_extras.image_arrays import ImageArrays
+from d2l_extras.data import standins
+from d2l_extras.data.arrays import ImageArrays
+from d2l_extras.data.download import CorruptDataError, DownloadError, data_root, fetch, md5sum
 
-OFFLINE_ENV_VAR = 'D2L_VIT_OFFLINE'
-DATA_ENV_VAR = 'D2L_VIT_DATA'
 SYSTEM_ENV_VAR = 'D2L_VIT_FASHION_MNIST'
 SYSTEM_FOLDERS = ('/usr/share/datasets/fashion-mnist',)  # Debian's dataset-fashion-mnist
 MIRRORS = (
@@ -56,84 +49,6 @@ RAW_MD5 = {
 }
 TEXT_LABELS = ('t-shirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal',
                'shirt', 'sneaker', 'bag', 'ankle boot')
-CONNECT_TIMEOUT = 5.0  # seconds for name lookup, connection and first byte
-READ_TIMEOUT = 5.0  # seconds of silence tolerated while reading a file
-
-
-class CorruptDataError(ValueError):
-    """A cached data file is damaged; the message names it and the fix."""
-
-
-class DownloadError(OSError):
-    """A file could not be downloaded from any mirror."""
-
-
-def data_root(root=None):
-    """The folder that holds the datasets: ``root``, else ``$D2L_VIT_DATA``,
-    else ``../data`` as in d2l."""
-    if root is None:
-        root = os.environ.get(DATA_ENV_VAR) or os.path.join('..', 'data')
-    return pathlib.Path(root).expanduser()
-
-
-def offline_forced():
-    return env_switch(OFFLINE_ENV_VAR, unset_means=False)
-
-
-def md5sum(path):
-    digest = hashlib.md5()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _open_with_deadline(url, timeout):
-    """urlopen, but give up after ``timeout`` seconds even in the name lookup,
-    which the socket timeout does not cover."""
-    result = queue.Queue(maxsize=1)
-
-    def target():
-        try:
-            result.put(urllib.request.urlopen(url, timeout=READ_TIMEOUT))
-        except Exception as e:  # handed to the caller below
-            result.put(e)
-
-    threading.Thread(target=target, daemon=True).start()
-    try:
-        response = result.get(timeout=timeout)
-    except queue.Empty:
-        raise DownloadError(f'no answer within {timeout:.0f} s') from None
-    if isinstance(response, Exception):
-        raise DownloadError(getattr(response, 'reason', response)) from response
-    return response
-
-
-def download(file_name, md5, folder, mirrors=None, timeout=CONNECT_TIMEOUT):
-    """Download ``file_name`` into ``folder``, verified, atomically; return its path.
-
-    Tries each mirror (default: MIRRORS) in turn.
-    """
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / file_name
-    errors = []
-    for mirror in mirrors or MIRRORS:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{file_name}.', suffix='.part')
-        try:
-            with os.fdopen(fd, 'wb') as out, _open_with_deadline(mirror + file_name, timeout) as response:
-                for chunk in iter(lambda: response.read(1 << 20), b''):
-                    out.write(chunk)
-            if md5sum(tmp) != md5:
-                raise DownloadError('checksum mismatch')
-            os.replace(tmp, target)
-            return target
-        except (OSError, ValueError) as e:  # URLError and socket timeouts are OSErrors
-            errors.append(f'{urllib.parse.urlsplit(mirror).netloc or mirror}: {e}')
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    raise DownloadError(f'could not download {file_name} ({"; ".join(errors)})')
 
 
 def read_idx(path, md5=None, raw_md5=None, fix=None):
@@ -168,29 +83,13 @@ def read_idx(path, md5=None, raw_md5=None, fix=None):
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def fetch(file_name, md5, folder, mirrors=None):
-    """The path of ``file_name`` in the cache ``folder``, downloaded first when
-    it is missing.
-
-    Raises DownloadError when it cannot be downloaded, or when
-    ``D2L_VIT_OFFLINE`` forbids downloading.
-    """
-    path = pathlib.Path(folder) / file_name
-    if not path.exists():
-        if offline_forced():
-            raise DownloadError(f'{path} is missing and {OFFLINE_ENV_VAR} '
-                                'forbids downloading it')
-        download(file_name, md5, folder, mirrors)
-    return path
-
-
 def fetch_fashion_mnist(root=None):
     """Make sure the four Fashion-MNIST files are in the cache; return their paths.
 
     Raises DownloadError when a file is missing and cannot be downloaded.
     """
     folder = data_root(root) / 'fashion-mnist'
-    return {key: fetch(file_name, md5, folder) for key, (file_name, md5) in FILES.items()}
+    return {key: fetch(file_name, md5, folder, MIRRORS) for key, (file_name, md5) in FILES.items()}
 
 
 def system_copy():
@@ -223,10 +122,10 @@ def load_fashion_mnist(root=None, verbose=True):
         try:
             fetch_fashion_mnist(root)
         except DownloadError as e:
-            standin = offline_standin.load_digits()
+            standin = standins.load_digits()
             if verbose:
                 print(f'Fashion-MNIST is not available offline ({e}); using the '
-                      f'stand-in: {offline_standin.describe(standin)}.')
+                      f'stand-in: {standins.describe(standin)}.')
             return standin
         source = f'a download into {cache}'
     arrays = {key: read_idx(folder / file_name, md5, RAW_MD5[key], fix)

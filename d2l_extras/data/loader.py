@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from d2l_extras.image_resize import resize_images
+from d2l_extras.data.resize import resize_images
 
 
 class ArrayLoader:

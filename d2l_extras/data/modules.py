@@ -1,23 +1,34 @@
-"""What the PyTorch and JAX ``FashionMNIST`` and ``CIFAR10`` data modules share.
+"""The data module of both datasets and both tabs: loading, batching and
+showing a labelled image dataset (or its offline stand-in).
 
-Each tab's module adds d2l's ``DataModule`` base and its image layout: NCHW
-tensors for PyTorch, NHWC arrays for JAX.
+Each library adds d2l's ``DataModule`` base and its image layout (NCHW tensors
+for PyTorch, NHWC arrays for JAX); each dataset names its loader and its own
+image size.
 """
 import numpy as np
 
-from d2l_extras import plotting
-from d2l_extras.array_loader import ArrayLoader, image_batch_transform
-from d2l_extras.cifar10 import load_cifar10
-from d2l_extras.fashion_mnist import load_fashion_mnist
+from d2l_extras.d2l_jax import plotting
+from d2l_extras.data.loader import ArrayLoader, image_batch_transform
+from d2l_extras.data.cifar10 import load_cifar10
+from d2l_extras.data.fashion_mnist import load_fashion_mnist
 
 
-class ImageBatches:
-    """Loading, batching and showing a labelled image dataset (or its offline
-    stand-in); ``load_arrays(root)`` says which."""
+class ImageDataModule:
+    """A labelled image dataset in minibatches of ``batch_size`` images resized
+    to ``resize`` (by default the dataset's own ``image_size``), at most
+    ``num_train`` and ``num_val`` of them, with an optional
+    ``augment(images, rng)`` for the training images; ``root`` is the data
+    folder (see ``data.download.data_root``)."""
     channels_last = False
+    image_size = None
+    load_arrays = None  # the dataset's loader: root -> ImageArrays
 
-    def load_arrays(self, root):
-        raise NotImplementedError
+    def __init__(self, batch_size=64, resize=None, root=None,
+                 num_train=None, num_val=None, augment=None):
+        super().__init__()
+        resize = resize or self.image_size
+        self.save_hyperparameters()
+        self.load(root, num_train, num_val)
 
     def load(self, root=None, num_train=None, num_val=None):
         self.arrays = self.load_arrays(root).subset(num_train, num_val)
@@ -52,13 +63,13 @@ class ImageBatches:
         plotting.show_images(images, nrows, ncols, titles=labels)
 
 
-class FashionMNISTBatches(ImageBatches):
+class FashionMNISTData(ImageDataModule):
     """Fashion-MNIST, or the UCI digits offline."""
-    def load_arrays(self, root):
-        return load_fashion_mnist(root)
+    image_size = (28, 28)
+    load_arrays = staticmethod(load_fashion_mnist)
 
 
-class CIFAR10Batches(ImageBatches):
+class CIFAR10Data(ImageDataModule):
     """CIFAR-10, or the UCI digits in colour offline."""
-    def load_arrays(self, root):
-        return load_cifar10(root)
+    image_size = (32, 32)
+    load_arrays = staticmethod(load_cifar10)
