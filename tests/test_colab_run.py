@@ -95,9 +95,11 @@ def colab_notebook(book, folder, checkout, imports):
 def colab_runs(book, tmp_path_factory, jax_cache):
     """Both notebooks, run at the same time (one kernel each), as nbconvert runs
     them: the two runs overlap their installs and share CI's two cores."""
-    checkout = copy_sources(tmp_path_factory.mktemp('checkout'))
     prepared = {}
     for folder, imports in INSTALLS.items():
+        # One copy each, as each Colab clones its own: pip builds the package
+        # inside the source folder, and two builds there at once can lose files
+        checkout = copy_sources(tmp_path_factory.mktemp(f'checkout_{folder}'))
         work = tmp_path_factory.mktemp(folder)
         venv = colab_like_venv(work)
         notebook = work / 'run' / 'notebook.ipynb'
