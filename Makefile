@@ -115,9 +115,10 @@ test: system-deps venv js-deps
 	$(PYTHON) -m pytest
 
 # Everything but the tests of the built book and of fresh environments, in
-# minutes: for a change to the library or the tests. CI runs `make test`.
+# minutes, one process per core: for a change to the library or the tests. CI
+# runs `make test`.
 test-fast: venv
-	$(PYTHON) -m pytest -m 'not book and not slow'
+	$(PYTHON) -m pytest -m 'not book and not slow' -n auto
 
 # Refresh constraints.txt from the current environment after changing requirements.txt.
 constraints: venv

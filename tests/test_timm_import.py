@@ -42,6 +42,7 @@ def timm_vit(config=TIMM_CONFIGS[0], **options):
                   global_pool=pool, num_classes=7)
     if pool == 'avg':
         kwargs['class_token'] = False  # what the chapter's pool='mean' is
+    torch.manual_seed(0)  # timm initializes from the global generator: whatever ran before
     model = VisionTransformer(**dict(kwargs, **options))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
