@@ -114,11 +114,8 @@ def load_cifar10(root=None, verbose=True):
     try:
         path = fetch_cifar10(root)
     except DownloadError as e:
-        standin = standins.load_colour_digits()
-        if verbose:
-            print(f'CIFAR-10 is not available offline ({e}); using the '
-                  f'stand-in: {standins.describe_colour_digits(standin)}.')
-        return standin
+        return standins.instead_of('CIFAR-10', e, standins.load_colour_digits,
+                                   standins.describe_colour_digits, verbose)
     (train_images, train_labels), (val_images, val_labels) = read_archive(path, ARCHIVE[1])
     return ImageArrays('CIFAR-10', train_images, train_labels, val_images, val_labels,
                        TEXT_LABELS, 255.0)

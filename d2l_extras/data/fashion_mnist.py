@@ -122,11 +122,8 @@ def load_fashion_mnist(root=None, verbose=True):
         try:
             fetch_fashion_mnist(root)
         except DownloadError as e:
-            standin = standins.load_digits()
-            if verbose:
-                print(f'Fashion-MNIST is not available offline ({e}); using the '
-                      f'stand-in: {standins.describe(standin)}.')
-            return standin
+            return standins.instead_of('Fashion-MNIST', e, standins.load_digits,
+                                       standins.describe, verbose)
         source = f'a download into {cache}'
     arrays = {key: read_idx(folder / file_name, md5, RAW_MD5[key], fix)
               for key, (file_name, md5) in FILES.items()}

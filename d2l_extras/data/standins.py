@@ -83,3 +83,13 @@ def describe_colour_digits(arrays):
             f'background, {len(arrays.train_labels)} training and '
             f'{len(arrays.val_labels)} validation images of {height}x{width} '
             f'pixels in {arrays.num_classes} classes')
+
+
+def instead_of(dataset, error, load, describe, verbose=True):
+    """The stand-in that ``load`` returns, for a ``dataset`` that could not be
+    had (``error`` says why); says so in one line with ``describe``."""
+    standin = load()
+    if verbose:
+        print(f'{dataset} is not available offline ({error}); using the '
+              f'stand-in: {describe(standin)}.')
+    return standin
