@@ -121,3 +121,25 @@ def merged_grid(grid_size):
             'every stage but the last (a multiple of patch_size * '
             '2**(no. of stages - 1) on each side).')
     return height // 2, width // 2
+
+
+POSITION_EMBEDDINGS = ('learn', 'sincos2d', 'sincos1d', 'none')
+
+
+def check_posemb(posemb):
+    """Check the name of a kind of position embedding."""
+    if posemb not in POSITION_EMBEDDINGS:
+        raise ValueError(f'posemb must be one of {POSITION_EMBEDDINGS}, got '
+                         f'{posemb!r}')
+
+
+def check_sincos_width(num_hiddens, num_blocks):
+    """Check that ``num_hiddens`` splits into ``num_blocks`` blocks of sines
+    and cosines (2 in 1D, 4 in 2D) with at least two frequencies each."""
+    if (not isinstance(num_hiddens, int) or num_hiddens % num_blocks
+            or num_hiddens < 2 * num_blocks):
+        raise ValueError(
+            f'{num_blocks // 2}D sine-cosine embeddings split the width into '
+            f'{num_blocks} blocks of sines and cosines, at least 2 wide, but '
+            f'num_hiddens={num_hiddens!r}: choose a multiple of {num_blocks} '
+            f'of at least {2 * num_blocks}')

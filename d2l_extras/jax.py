@@ -19,8 +19,9 @@ import optax
 from flax import linen as nn
 from jax import numpy as jnp
 
-from d2l_extras.checks import (check_image_batch, check_position_grid, check_token_grid,
-                               check_window_grid, grid_pair, merged_grid, patch_grid)
+from d2l_extras.checks import (check_image_batch, check_position_grid, check_posemb,
+                               check_sincos_width, check_token_grid, check_window_grid,
+                               grid_pair, merged_grid, patch_grid)
 from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
 from d2l_extras.d2l_jax.attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.d2l_jax.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
@@ -305,6 +306,7 @@ class ViT(d2l.Classifier):
     num_classes: int = 10
     num_channels: int = 1
     pool: str = 'cls'
+    posemb: str = 'learn'
 
     def setup(self):
         if self.pool not in ('cls', 'mean'):
@@ -318,9 +320,14 @@ class ViT(d2l.Classifier):
                                         (1, 1, self.num_hiddens))
         _, _, grid_size = d2l.patch_grid(self.img_size, self.patch_size)
         num_steps = self.num_prefix_tokens + grid_size[0] * grid_size[1]
-        self.pos_embedding = self.param(
-            'pos_embedding', nn.initializers.normal(stddev=0.02),
-            (1, num_steps, self.num_hiddens))
+        if self.posemb == 'learn':
+            self.pos_embedding = self.param(
+                'pos_embedding', nn.initializers.normal(stddev=0.02),
+                (1, num_steps, self.num_hiddens))
+        else:  # Fixed: computed for the grid, not one of the parameters
+            self.pos_embedding = d2l.fixed_position_embedding(
+                self.posemb, grid_size, self.num_hiddens,
+                self.num_prefix_tokens)
         self.dropout = nn.Dropout(self.emb_dropout)
         self.blks = [ViTBlock(self.num_hiddens, self.mlp_num_hiddens,
                               self.num_heads, self.blk_dropout, self.use_bias)
@@ -356,11 +363,12 @@ class ViT(d2l.Classifier):
     
         Defined in :numref:`sec_vision-transformer`"""
         model = self.clone(img_size=img_size)
-        params = dict(params, pos_embedding=resize_position_embedding(
-            params['pos_embedding'],
-            d2l.patch_grid(self.img_size, self.patch_size)[2],
-            d2l.patch_grid(img_size, self.patch_size)[2], self.num_prefix_tokens,
-            mode))
+        if self.posemb == 'learn':  # fixed ones are computed for the new grid
+            params = dict(params, pos_embedding=resize_position_embedding(
+                params['pos_embedding'],
+                d2l.patch_grid(self.img_size, self.patch_size)[2],
+                d2l.patch_grid(img_size, self.patch_size)[2],
+                self.num_prefix_tokens, mode))
         return model, params
 
 def evaluate_accuracy(model, params, data):
@@ -580,9 +588,10 @@ def position_embedding_similarity(pos_embedding, grid_size,
     P = P / jnp.linalg.norm(P, axis=-1, keepdims=True)
     return (P @ P.T).reshape(height, width, height, width)
 
-def show_position_similarity(similarity, scale=0.6):
+def show_position_similarity(similarity, scale=0.6, vmin=-1):
     """Draw one heat map per patch position: its embedding's cosine
-    similarity with every position, laid out as the grid of patches.
+    similarity with every position, laid out as the grid of patches; the
+    colours go from `vmin` to 1.
 
     Defined in :numref:`sec_vit-what-it-learns`"""
     d2l.use_svg_display()
@@ -593,7 +602,7 @@ def show_position_similarity(similarity, scale=0.6):
     for i in range(height):
         for j in range(width):
             picture = axes[i, j].imshow(similarity[i, j], cmap='viridis',
-                                        vmin=-1, vmax=1)
+                                        vmin=vmin, vmax=1)
             axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
     for i in range(height):
         axes[i, 0].set_ylabel(str(i + 1), rotation=0, labelpad=8)
@@ -707,6 +716,67 @@ def plot_attention_distance(distances, reference=None, labels=None):
     ax.set_ylabel('mean attention distance (pixels)')
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
+
+def shuffle_patches(X, patch_size, order):
+    """Images (N, H, W, C) whose patch k (row by row) is patch order[k].
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    n, h, w, c = X.shape
+    rows, cols = h // patch_size, w // patch_size
+    P = X.reshape(n, rows, patch_size, cols, patch_size, c)
+    P = P.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows * cols, -1)
+    P = P[:, jnp.asarray(order)]
+    P = P.reshape(n, rows, cols, patch_size, patch_size, c)
+    return P.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+
+def sincos_1d_position_embedding(num_steps, num_hiddens,
+                                 temperature=10000.0):
+    """The Transformer's sine-cosine encoding of positions 0, 1, ...:
+    shape (num_steps, num_hiddens), sines in even and cosines in odd
+    columns.
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    d2l.check_sincos_width(num_hiddens, 2)
+    positions = jnp.arange(num_steps, dtype=jnp.float32)[:, None]
+    exponents = jnp.arange(0, num_hiddens, 2) / num_hiddens
+    angles = positions / temperature ** exponents
+    P = jnp.zeros((num_steps, num_hiddens))
+    return P.at[:, 0::2].set(jnp.sin(angles)).at[:, 1::2].set(jnp.cos(angles))
+
+def sincos_position_embedding(grid_size, num_hiddens,
+                              temperature=10000.0):
+    """2D sine-cosine embeddings of a (rows, columns) grid of patches, row by
+    row: shape (rows * columns, num_hiddens), the sines and cosines of the
+    column, then those of the row.
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    rows, cols = d2l.grid_pair(grid_size)
+    d2l.check_sincos_width(num_hiddens, 4)
+    r, c = jnp.meshgrid(jnp.arange(rows), jnp.arange(cols), indexing='ij')
+    omega = jnp.arange(num_hiddens // 4) / (num_hiddens // 4 - 1)
+    omega = 1.0 / temperature ** omega
+    c, r = c.reshape(-1, 1) * omega, r.reshape(-1, 1) * omega
+    return jnp.concatenate((jnp.sin(c), jnp.cos(c), jnp.sin(r), jnp.cos(r)),
+                           axis=1)
+
+def fixed_position_embedding(posemb, grid_size, num_hiddens,
+                             num_prefix_tokens=1):
+    """Position embeddings that are computed, not learned: shape
+    (1, prefix tokens + patches, num_hiddens), zero for the prefix tokens.
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    d2l.check_posemb(posemb)
+    rows, cols = d2l.grid_pair(grid_size)
+    if posemb == 'sincos2d':
+        P = sincos_position_embedding((rows, cols), num_hiddens)
+    elif posemb == 'sincos1d':
+        P = sincos_1d_position_embedding(rows * cols, num_hiddens)
+    elif posemb == 'none':
+        P = jnp.zeros((rows * cols, num_hiddens))
+    else:
+        raise ValueError("learned embeddings are parameters of the model")
+    prefix = jnp.zeros((num_prefix_tokens, num_hiddens))
+    return jnp.concatenate((prefix, P))[None]
 
 kaiming_normal = nn.initializers.variance_scaling(
     2.0, 'fan_out', 'normal')

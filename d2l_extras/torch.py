@@ -16,8 +16,9 @@ from d2l import torch as d2l_torch
 from torch import nn
 from torch.nn import functional as F
 
-from d2l_extras.checks import (check_image_batch, check_position_grid, check_token_grid,
-                               check_window_grid, grid_pair, merged_grid, patch_grid)
+from d2l_extras.checks import (check_image_batch, check_position_grid, check_posemb,
+                               check_sincos_width, check_token_grid, check_window_grid,
+                               grid_pair, merged_grid, patch_grid)
 from d2l_extras.convert.from_timm import vit_from_timm
 from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
 from d2l_extras.data import modules
@@ -272,7 +273,8 @@ class ViT(d2l.Classifier):
     Defined in :numref:`sec_vision-transformer`"""
     def __init__(self, img_size, patch_size, num_hiddens, mlp_num_hiddens,
                  num_heads, num_blks, emb_dropout, blk_dropout, lr=0.1,
-                 use_bias=False, num_classes=10, num_channels=1, pool='cls'):
+                 use_bias=False, num_classes=10, num_channels=1, pool='cls',
+                 posemb='learn'):
         super().__init__()
         self.save_hyperparameters()
         if pool not in ('cls', 'mean'):
@@ -282,8 +284,13 @@ class ViT(d2l.Classifier):
         if pool == 'cls':
             self.cls_token = nn.Parameter(torch.zeros(1, 1, num_hiddens))
         num_steps = self.num_prefix_tokens + self.patch_embedding.num_patches
-        self.pos_embedding = nn.Parameter(
-            0.02 * torch.randn(1, num_steps, num_hiddens))
+        if posemb == 'learn':
+            self.pos_embedding = nn.Parameter(
+                0.02 * torch.randn(1, num_steps, num_hiddens))
+        else:  # Fixed: computed for the grid, not saved with the parameters
+            self.register_buffer('pos_embedding', d2l.fixed_position_embedding(
+                posemb, self.patch_embedding.grid_size, num_hiddens,
+                self.num_prefix_tokens), persistent=False)
         self.dropout = nn.Dropout(emb_dropout)
         self.blks = nn.Sequential(*[
             ViTBlock(num_hiddens, mlp_num_hiddens, num_heads, blk_dropout,
@@ -325,9 +332,10 @@ class ViT(d2l.Classifier):
         Defined in :numref:`sec_vision-transformer`"""
         model = ViT(**dict(self.hparams, img_size=img_size))
         state = self.state_dict()
-        state['pos_embedding'] = resize_position_embedding(
-            state['pos_embedding'], self.patch_embedding.grid_size,
-            model.patch_embedding.grid_size, self.num_prefix_tokens, mode)
+        if self.posemb == 'learn':  # fixed ones are computed for the new grid
+            state['pos_embedding'] = resize_position_embedding(
+                state['pos_embedding'], self.patch_embedding.grid_size,
+                model.patch_embedding.grid_size, self.num_prefix_tokens, mode)
         model.load_state_dict(state)
         return model.to(self.pos_embedding.device)
 
@@ -566,9 +574,10 @@ def position_embedding_similarity(pos_embedding, grid_size,
     P = P / P.norm(dim=-1, keepdim=True)
     return (P @ P.T).reshape(height, width, height, width)
 
-def show_position_similarity(similarity, scale=0.6):
+def show_position_similarity(similarity, scale=0.6, vmin=-1):
     """Draw one heat map per patch position: its embedding's cosine
-    similarity with every position, laid out as the grid of patches.
+    similarity with every position, laid out as the grid of patches; the
+    colours go from `vmin` to 1.
 
     Defined in :numref:`sec_vit-what-it-learns`"""
     d2l.use_svg_display()
@@ -579,7 +588,7 @@ def show_position_similarity(similarity, scale=0.6):
     for i in range(height):
         for j in range(width):
             picture = axes[i, j].imshow(similarity[i, j], cmap='viridis',
-                                        vmin=-1, vmax=1)
+                                        vmin=vmin, vmax=1)
             axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
     for i in range(height):
         axes[i, 0].set_ylabel(str(i + 1), rotation=0, labelpad=8)
@@ -694,6 +703,68 @@ def plot_attention_distance(distances, reference=None, labels=None):
     ax.set_ylabel('mean attention distance (pixels)')
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
+
+def shuffle_patches(X, patch_size, order):
+    """Images (N, C, H, W) whose patch k (row by row) is patch order[k].
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    n, c, h, w = X.shape
+    rows, cols = h // patch_size, w // patch_size
+    P = X.reshape(n, c, rows, patch_size, cols, patch_size)
+    P = P.permute(0, 2, 4, 1, 3, 5).reshape(n, rows * cols, -1)
+    P = P[:, torch.as_tensor(order)]
+    P = P.reshape(n, rows, cols, c, patch_size, patch_size)
+    return P.permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+def sincos_1d_position_embedding(num_steps, num_hiddens,
+                                 temperature=10000.0):
+    """The Transformer's sine-cosine encoding of positions 0, 1, ...:
+    shape (num_steps, num_hiddens), sines in even and cosines in odd
+    columns.
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    d2l.check_sincos_width(num_hiddens, 2)
+    positions = torch.arange(num_steps, dtype=torch.float32)[:, None]
+    exponents = torch.arange(0, num_hiddens, 2) / num_hiddens
+    angles = positions / temperature ** exponents
+    P = torch.zeros(num_steps, num_hiddens)
+    P[:, 0::2], P[:, 1::2] = torch.sin(angles), torch.cos(angles)
+    return P
+
+def sincos_position_embedding(grid_size, num_hiddens,
+                              temperature=10000.0):
+    """2D sine-cosine embeddings of a (rows, columns) grid of patches, row by
+    row: shape (rows * columns, num_hiddens), the sines and cosines of the
+    column, then those of the row.
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    rows, cols = d2l.grid_pair(grid_size)
+    d2l.check_sincos_width(num_hiddens, 4)
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols),
+                          indexing='ij')
+    omega = torch.arange(num_hiddens // 4) / (num_hiddens // 4 - 1)
+    omega = 1.0 / temperature ** omega
+    c, r = c.reshape(-1, 1) * omega, r.reshape(-1, 1) * omega
+    return torch.cat((c.sin(), c.cos(), r.sin(), r.cos()), dim=1)
+
+def fixed_position_embedding(posemb, grid_size, num_hiddens,
+                             num_prefix_tokens=1):
+    """Position embeddings that are computed, not learned: shape
+    (1, prefix tokens + patches, num_hiddens), zero for the prefix tokens.
+
+    Defined in :numref:`sec_vit-position-embeddings`"""
+    d2l.check_posemb(posemb)
+    rows, cols = d2l.grid_pair(grid_size)
+    if posemb == 'sincos2d':
+        P = sincos_position_embedding((rows, cols), num_hiddens)
+    elif posemb == 'sincos1d':
+        P = sincos_1d_position_embedding(rows * cols, num_hiddens)
+    elif posemb == 'none':
+        P = torch.zeros(rows * cols, num_hiddens)
+    else:
+        raise ValueError("learned embeddings are parameters of the model")
+    prefix = torch.zeros(num_prefix_tokens, num_hiddens)
+    return torch.cat((prefix, P))[None]
 
 class ResNet18(d2l.Classifier):
     """ResNet-18 with the stage widths as a parameter.

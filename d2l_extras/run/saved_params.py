@@ -14,6 +14,10 @@ import dataclasses
 import json
 import os
 
+# Model hyperparameters added after parameters were saved with these settings:
+# at their default they are left out, so that the files saved before still load.
+LATER_DEFAULTS = {'posemb': 'learn'}
+
 
 def settings_json(model_hyperparameters, data, settings):
     """One canonical string for what decides a model's trained parameters: its
@@ -23,6 +27,9 @@ def settings_json(model_hyperparameters, data, settings):
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return dataclasses.asdict(value)
         return str(value)
+    model_hyperparameters = {
+        name: value for name, value in model_hyperparameters.items()
+        if name not in LATER_DEFAULTS or value != LATER_DEFAULTS[name]}
     record = {'model': model_hyperparameters,
               'data': {**data.hparams, 'name': data.arrays.name}, **settings}
     # JSON writes tuples as lists: a size (96, 96) matches [96, 96]
