@@ -63,6 +63,16 @@ def test_the_history_is_one_value_per_epoch_from_the_board():
                        'val_acc': [0.5, 0.625]}
 
 
+def test_the_jax_board_gives_the_same_history():
+    from d2l_extras.d2l_jax.plotting import ProgressBoard
+    board = ProgressBoard(display=False)  # it keeps plain (x, y) tuples
+    for label, points in Board().data.items():
+        for x, y in points:
+            board.draw(x, y, label)
+    assert reference_runs.history_from_board(board) == \
+        reference_runs.history_from_board(Board())
+
+
 def test_a_record_round_trips(data, folder):
     written = record(data)
     path = reference_runs.write_record(written, folder)

@@ -71,13 +71,14 @@ def history_from_board(board):
     if missing:
         raise ValueError(f'the progress board has no {missing}: record a run '
                          'right after trainer.fit, with validation data')
-    val_loss = [float(p.y) for p in data['val_loss']]
-    epochs = [int(round(p.x)) for p in data['val_loss']]
+    # Points are (x, y): d2l's Point namedtuples in PyTorch, tuples in JAX
+    val_loss = [float(y) for _, y in data['val_loss']]
+    epochs = [int(round(x)) for x, _ in data['val_loss']]
     train = {}
-    for p in data['train_loss']:  # x in (epoch - 1, epoch]
-        train.setdefault(int(np.ceil(p.x - 1e-9)), []).append(float(p.y))
+    for x, y in data['train_loss']:  # x in (epoch - 1, epoch]
+        train.setdefault(int(np.ceil(x - 1e-9)), []).append(float(y))
     return {'epoch': epochs, 'train_loss': [float(np.mean(train[e])) for e in epochs],
-            'val_loss': val_loss, 'val_acc': [float(p.y) for p in data['val_acc']]}
+            'val_loss': val_loss, 'val_acc': [float(y) for _, y in data['val_acc']]}
 
 
 def hardware():
