@@ -147,8 +147,9 @@ class ImageDataModule(modules.ImageDataModule, DataModule):
 
 class FashionMNIST(modules.FashionMNISTData, ImageDataModule):
     """Fashion-MNIST as NHWC float arrays in [0, 1], with an offline stand-in,
-    example caps and an optional ``augment(images, rng)`` for the training
-    images."""
+    example caps, an optional ``augment(images, rng)`` for the training
+    images and an optional ``mix(images, labels, rng)`` (Mixup, CutMix) for
+    the training minibatches."""
 
 
 class CIFAR10(modules.CIFAR10Data, ImageDataModule):
@@ -845,6 +846,222 @@ class ResNet18(d2l.Classifier):
             for blk in stage:
                 X = blk(X, training)
         return self.head(X.mean(axis=(1, 2)))
+
+def compose(*augmentations):
+    """One augment(images, rng) that applies `augmentations` in turn.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    def augment(images, rng):
+        for augmentation in augmentations:
+            images = augmentation(images, rng)
+        return images
+    return augment
+
+def warp(images, matrices, offsets):
+    """(N, H, W) images, each under its own affine map about the centre: the
+    output pixel at (row, column) p of image i takes the input pixel nearest
+    to matrices[i] @ p + offsets[i], or 0 (the background) from outside.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    n, height, width = images.shape
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    grid = np.indices((height, width)).reshape(2, -1).T - centre  # (H*W, 2)
+    source = grid @ np.swapaxes(matrices, 1, 2) + centre + offsets[:, None]
+    rows, cols = np.rint(source).astype(int).transpose(2, 0, 1)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    which = np.broadcast_to(np.arange(n)[:, None], rows.shape)
+    warped = np.zeros_like(images).reshape(n, -1)
+    warped[inside] = images[which[inside], rows[inside], cols[inside]]
+    return warped.reshape(images.shape)
+
+
+def augment_op(images, name, levels, max_value=255):
+    """One of RandAugment's operations on (N, H, W) images, each at its own
+    level between -1 and 1: the magnitude / 10, with a sign.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    n, height, width = images.shape
+    level = np.broadcast_to(np.asarray(levels, dtype=float), (n,))
+    zero, one, offsets = np.zeros(n), np.ones(n), np.zeros((n, 2))
+    if name == 'rotate':  # by up to 30 degrees
+        a = np.deg2rad(30 * level)
+        matrix = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    elif name == 'shear_x':  # each row shifted in proportion to its height
+        matrix = [[one, zero], [0.3 * level, one]]
+    elif name == 'shear_y':
+        matrix = [[one, 0.3 * level], [zero, one]]
+    elif name in ('translate_x', 'translate_y'):  # by up to 45% of the side
+        matrix = [[one, zero], [zero, one]]
+        axis = 1 if name == 'translate_x' else 0
+        offsets[:, axis] = 0.45 * level * (width if axis else height)
+    elif name in ('contrast', 'brightness'):
+        # Blend with each image's mean gray (contrast) or with black
+        base = (images.mean(axis=(1, 2), keepdims=True)
+                if name == 'contrast' else 0.0)
+        blended = base + (1 + 0.9 * level[:, None, None]) * (images - base)
+        return np.rint(np.clip(blended, 0, max_value)).astype(images.dtype)
+    else:
+        raise ValueError(f'unknown operation {name!r}')
+    return warp(images, np.moveaxis(np.array(matrix), -1, 0), offsets)
+
+def rand_augment(images, rng, num_ops=2, magnitude=9,
+                 magnitude_std=0.5, prob=0.5, max_value=255,
+                 ops=('rotate', 'shear_x', 'shear_y', 'translate_x',
+                      'translate_y', 'contrast', 'brightness')):
+    """RandAugment as DeiT uses it (timm's rand-m9-mstd0.5-inc1) on (N, H, W)
+    images: `num_ops` operations drawn from `ops` for each image, each applied
+    with probability `prob` at a magnitude (out of 10) drawn around
+    `magnitude`, with a random sign.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    augmented, n = images.copy(), len(images)
+    for _ in range(num_ops):
+        names = rng.choice(ops, n)  # one operation for each image
+        applied = rng.random(n) < prob
+        magnitudes = np.clip(rng.normal(magnitude, magnitude_std, n), 0, 10)
+        levels = rng.choice([-1, 1], n) * magnitudes / 10
+        for name in ops:
+            chosen = applied & (names == name)
+            if chosen.any():
+                augmented[chosen] = augment_op(augmented[chosen], name,
+                                               levels[chosen], max_value)
+    return augmented
+
+def erasing_box(height, width, rng, area=(0.02, 1 / 3),
+                aspect=(0.3, 1 / 0.3), attempts=10):
+    """A random (top, left, box height, box width) inside an image, as timm
+    draws it for random erasing, or None if none of `attempts` fits.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    for _ in range(attempts):
+        target = rng.uniform(*area) * height * width
+        ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1])))
+        h = int(round(np.sqrt(target * ratio)))
+        w = int(round(np.sqrt(target / ratio)))
+        if h < height and w < width:
+            return (int(rng.integers(0, height - h + 1)),
+                    int(rng.integers(0, width - w + 1)), h, w)
+    return None
+
+
+def random_erasing(images, rng, prob=0.25, max_value=255):
+    """Random erasing as DeiT uses it (timm's 'pixel' mode): in each (N, H, W)
+    image with probability `prob`, one random rectangle filled with noise of
+    the minibatch's mean and standard deviation.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    erased = images.copy()
+    mean, std = images.mean(), images.std()
+    for image in erased:
+        if rng.random() < prob:
+            box = erasing_box(*image.shape, rng)
+            if box is not None:
+                top, left, h, w = box
+                noise = np.clip(rng.normal(mean, std, (h, w)), 0, max_value)
+                image[top:top + h, left:left + w] = np.rint(noise)
+    return erased
+
+def cutmix_box(height, width, lam, rng):
+    """CutMix's box (top, bottom, left, right), as timm draws it: sides
+    sqrt(1 - lam) times the image's around a random centre, clipped to the
+    image.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    cut_h = int(height * np.sqrt(1 - lam))
+    cut_w = int(width * np.sqrt(1 - lam))
+    row, col = rng.integers(0, height), rng.integers(0, width)
+    top, bottom = np.clip([row - cut_h // 2, row + (cut_h + 1) // 2],
+                          0, height)
+    left, right = np.clip([col - cut_w // 2, col + (cut_w + 1) // 2],
+                          0, width)
+    return int(top), int(bottom), int(left), int(right)
+
+
+def mixup_cutmix(images, labels, rng, num_classes=10,
+                 mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5):
+    """Mix a minibatch of images with the minibatch reversed, as DeiT does:
+    by CutMix with probability `switch_prob`, else by Mixup. Returns the
+    mixed images (float32) and their soft labels, (N, num_classes).
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    targets = np.eye(num_classes, dtype=np.float32)[labels]
+    mixed = images.astype(np.float32)
+    if rng.random() < switch_prob:  # CutMix
+        lam = rng.beta(cutmix_alpha, cutmix_alpha)
+        height, width = images.shape[1:3]
+        top, bottom, left, right = cutmix_box(height, width, lam, rng)
+        mixed[:, top:bottom, left:right] = images[::-1, top:bottom,
+                                                  left:right]
+        lam = 1 - (bottom - top) * (right - left) / (height * width)
+    else:  # Mixup
+        lam = rng.beta(mixup_alpha, mixup_alpha)
+        mixed = lam * mixed + (1 - lam) * mixed[::-1]
+    soft_labels = lam * targets + (1 - lam) * targets[::-1]
+    return mixed.astype(np.float32), soft_labels.astype(np.float32)
+
+def drop_path(X, p, training, key=None, keep=None):
+    """Stochastic depth: in training, zero each example (along the first
+    axis of X) with probability p and scale the others by 1 / (1 - p); the
+    identity in evaluation. The draws come from `key`, unless `keep` (one
+    boolean per example) is given.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    if not training or p == 0:
+        return X
+    if keep is None:
+        keep = jax.random.bernoulli(key, 1 - p, (X.shape[0],))
+    keep = keep.reshape(-1, *[1] * (X.ndim - 1))
+    return X * (keep / (1 - p))
+
+def drop_path_rates(drop_path_rate, num_blks):
+    """Each block's drop path rate: rising linearly from 0 in the first
+    block to `drop_path_rate` in the last, as in DeiT and timm.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    return [float(rate) for rate in np.linspace(0, drop_path_rate, num_blks)]
+
+class DropPathBlock(d2l.ViTBlock):
+    """A ViT encoder block whose two residual branches are dropped, per
+    example, with probability drop_prob in training (stochastic depth).
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    drop_prob: float = 0.0
+
+    def drop(self, Y, training):
+        key = (self.make_rng('dropout') if training and self.drop_prob > 0
+               else None)  # from the dropout keys the trainer hands out
+        return drop_path(Y, self.drop_prob, training, key)
+
+    def __call__(self, X, training=False, return_weights=False):
+        Y, weights = self.attention(self.ln1(X), training, return_weights)
+        X = X + self.drop(Y, training)
+        X = X + self.drop(self.mlp(self.ln2(X), training=training), training)
+        return (X, weights) if return_weights else X
+
+class RecipeViT(d2l.TunedViT):
+    """TunedViT with stochastic depth, and a loss that takes soft labels.
+
+    Defined in :numref:`sec_vit-training-recipe`"""
+    drop_path_rate: float = 0.0
+
+    def __setattr__(self, name, value):
+        if name == 'blks':  # ViT.setup assigns its blocks: replace them
+            value = [DropPathBlock(self.num_hiddens, self.mlp_num_hiddens,
+                                   self.num_heads, self.blk_dropout,
+                                   self.use_bias, drop_prob=rate)
+                     for rate in drop_path_rates(self.drop_path_rate,
+                                                 self.num_blks)]
+        super().__setattr__(name, value)
+
+    def loss(self, params, X, Y, state, averaged=True):
+        Y_hat, updates = self.forward_logits(params, X, state)
+        Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1]))
+        if not jnp.issubdtype(Y.dtype, jnp.floating):  # class indices
+            Y = jax.nn.one_hot(Y.reshape(-1), Y_hat.shape[-1])
+        eps = self.label_smoothing
+        targets = (1 - eps) * Y + eps / Y_hat.shape[-1]
+        losses = optax.softmax_cross_entropy(Y_hat, targets)
+        return (losses.mean() if averaged else losses), updates
 
 def average_heads(class_logits, dist_logits):
     """Logits whose softmax is the mean of the two heads' softmax outputs.

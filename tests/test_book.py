@@ -78,7 +78,7 @@ def test_no_page_trains_on_the_standin_while_the_real_data_is_installed(book, fo
 
 @pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
 @pytest.mark.parametrize('page', ['exercise-pooling', 'exercise-accuracy', 'position-embeddings',
-                                  'vit-vs-cnn', 'deit', 'swin'])
+                                  'vit-vs-cnn', 'training-recipe', 'deit', 'swin'])
 def test_each_page_that_trains_shows_its_reference_run_or_says_there_is_none(book, folder, page):
     text = outputs(notebook(book, folder, f'chapter_vit/{page}'))
     recorded = sorted(reference_runs.FOLDER.glob(f'{page}--*.json'))
@@ -304,3 +304,42 @@ def test_the_deit_section_is_in_the_book_with_its_diagram_and_references(book):
     assert 'Touvron <em>et al.</em>, 2021' in html and 'Hinton <em>et al.</em>, 2015' in html
     chapter = (book / 'build' / 'html' / 'chapter_vit' / 'index.html').read_text()
     assert 'href="deit.html' in chapter
+
+
+RECIPE = 'chapter_vit/training-recipe'
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+def test_the_training_recipe_page_evaluates_in_both_tabs(book, folder):
+    nb = notebook(book, folder, RECIPE)
+    text = outputs(nb)  # fails on any error output
+    for expected in ['Mixup, first image:', 'CutMix, first image:', 'rows sum to 1.0000 to 1.0000',
+                     'sum 1.0000', 'evaluation: identity True', '[0.0, 0.1]',
+                     'evaluation: same function True', 'training: two passes agree False',
+                     'Quick mode: 1 of 10 epochs on at most 128 training and 128 validation',
+                     '1 of 10 epochs, quick mode', 'val acc  change', '+ stochastic depth']:
+        assert expected in text, f'{RECIPE} ({folder}) does not print {expected!r}'
+    # CutMix: the label weight of the pasted image is the pasted area
+    white, black_weight, white_weight = map(float, re.search(
+        r'white: (\d\.\d{4}) of the black image; its label: (\d\.\d{4}) black, '
+        r'(\d\.\d{4}) white', text).groups())
+    assert 0 < white < 1 and white_weight == white and black_weight == pytest.approx(1 - white, abs=2e-4)
+    # drop path keeps the expectation
+    mean = float(re.search(r'mean over 100,000 examples: (\d\.\d{3})', text)[1])
+    assert abs(mean - 1) < 0.02
+    # the five recipes, each with an accuracy
+    rows = re.findall(r'^(exercise-accuracy|\+ [A-Za-z, ]+?) +(\d\.\d{3})', text, re.MULTILINE)
+    assert [name for name, _ in rows] == ['exercise-accuracy', '+ RandAugment', '+ Mixup, CutMix',
+                                          '+ random erasing', '+ stochastic depth']
+    # the minibatch before and after each augmentation, and the learning rate
+    assert sum(map(has_image, nb['cells'])) >= 6
+
+
+def test_the_training_recipe_page_is_in_the_book_with_its_references(book):
+    html = (book / 'build' / 'html' / f'{RECIPE}.html').read_text()
+    assert html.count('mdl-tabs__tab-bar code') >= 10
+    for cited in ['Touvron <em>et al.</em>, 2021', 'Beyer <em>et al.</em>, 2022', 'Cubuk <em>et al.</em>, 2020',
+                  'Yun <em>et al.</em>, 2019', 'Huang <em>et al.</em>, 2016']:
+        assert cited in html, cited  # resolved :cite:
+    chapter = (book / 'build' / 'html' / 'chapter_vit' / 'index.html').read_text()
+    assert 'href="training-recipe.html' in chapter

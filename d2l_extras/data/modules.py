@@ -17,17 +17,22 @@ class ImageDataModule:
     """A labelled image dataset in minibatches of ``batch_size`` images resized
     to ``resize`` (by default the dataset's own ``image_size``), at most
     ``num_train`` and ``num_val`` of them, with an optional
-    ``augment(images, rng)`` for the training images; ``root`` is the data
-    folder (see ``data.download.data_root``)."""
+    ``augment(images, rng)`` for the training images and an optional
+    ``mix(images, labels, rng)`` for the training minibatches, which returns
+    mixed images and soft labels (see ``loader.image_batch_transform``);
+    ``root`` is the data folder (see ``data.download.data_root``)."""
     channels_last = False
     image_size = None
     load_arrays = None  # the dataset's loader: root -> ImageArrays
 
     def __init__(self, batch_size=64, resize=None, root=None,
-                 num_train=None, num_val=None, augment=None):
+                 num_train=None, num_val=None, augment=None, mix=None):
         super().__init__()
         resize = resize or self.image_size
-        self.save_hyperparameters()
+        # mix came after runs were recorded and parameters kept with these
+        # hyperparameters: unused, it stays out of them, so that they match
+        self.save_hyperparameters(ignore=[] if mix is not None else ['mix'])
+        self.mix = mix
         self.load(root, num_train, num_val)
 
     def load(self, root=None, num_train=None, num_val=None):
@@ -41,10 +46,11 @@ class ImageDataModule:
         return array
 
     def get_dataloader(self, train):
-        # Augmentation (if any) changes the training images only.
+        # Augmentation and mixing (if any) change the training batches only.
         transform = image_batch_transform(self.resize, self.arrays.max_value,
                                           self.channels_last, self.convert,
-                                          self.augment if train else None)
+                                          self.augment if train else None,
+                                          mix=self.mix if train else None)
         return ArrayLoader(self.train if train else self.val, self.batch_size,
                            shuffle=train, transform=transform)
 
