@@ -116,8 +116,11 @@ test: system-deps venv js-deps
 
 # Everything but the tests of the built book and of fresh environments, in
 # minutes, one process per core: for a change to the library or the tests. CI
-# runs `make test`.
+# runs `make test`. JAX keeps its compiled programs between runs, as the book
+# build does: most of the JAX tests' time is compiling.
 test-fast: venv
+	JAX_COMPILATION_CACHE_DIR=$${JAX_COMPILATION_CACHE_DIR:-$(CURDIR)/build/jax_cache_tests} \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	$(PYTHON) -m pytest -m 'not book and not slow' -n auto
 
 # Refresh constraints.txt from the current environment after changing requirements.txt.
