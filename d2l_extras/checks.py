@@ -143,3 +143,18 @@ def check_sincos_width(num_hiddens, num_blocks):
             f'{num_blocks} blocks of sines and cosines, at least 2 wide, but '
             f'num_hiddens={num_hiddens!r}: choose a multiple of {num_blocks} '
             f'of at least {2 * num_blocks}')
+
+
+def num_kept_patches(num_patches, mask_ratio):
+    """How many of ``num_patches`` patches a masked autoencoder keeps visible
+    when it masks the fraction ``mask_ratio`` of them (rounding down, as MAE
+    does); at least one must stay."""
+    if not 0 <= mask_ratio < 1:
+        raise ValueError(f'mask_ratio={mask_ratio!r} is the fraction of patches to mask: '
+                         'choose a number in [0, 1), such as 0.75')
+    num_keep = int(num_patches * (1 - mask_ratio))
+    if num_keep < 1:
+        raise ValueError(f'mask_ratio={mask_ratio} masks all {num_patches} patches: the '
+                         f'encoder needs one at least; choose a ratio below '
+                         f'{1 - 1 / num_patches:.3f}')
+    return num_keep

@@ -21,7 +21,7 @@ from jax import numpy as jnp
 
 from d2l_extras.checks import (check_image_batch, check_position_grid, check_posemb,
                                check_sincos_width, check_token_grid, check_window_grid,
-                               grid_pair, merged_grid, patch_grid)
+                               grid_pair, merged_grid, num_kept_patches, patch_grid)
 from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
 from d2l_extras.d2l_jax.attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.d2l_jax.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
@@ -1510,3 +1510,211 @@ def plot_attention_cost(num_tokens, costs):
         ax.grid(which='major')
         ax.legend(fontsize=8)
     d2l.plt.tight_layout()
+
+def random_masking(noise, mask_ratio):
+    """Per-example random masks from noise of shape (batch, no. of patches):
+    the indices of the kept patches, the indices that undo the shuffle, and
+    the mask (1 for a masked patch, in the patches' own order).
+
+    Defined in :numref:`sec_vit-mae`"""
+    num_keep = d2l.num_kept_patches(noise.shape[1], mask_ratio)
+    shuffle = noise.argsort(axis=1)  # the patches with the least noise first
+    restore = shuffle.argsort(axis=1)
+    mask = (restore >= num_keep).astype(jnp.float32)
+    return shuffle[:, :num_keep], restore, mask
+
+def take_tokens(X, indices):
+    """Tokens of X (batch, no. of tokens, width) by index, per example.
+
+    Defined in :numref:`sec_vit-mae`"""
+    return jnp.take_along_axis(X, indices[..., None], axis=1)
+
+def unpatchify(patches, patch_size, num_channels=1):
+    """Images (N, H, W, C) from the patch vectors of a square grid, as
+    patchify cut them.
+
+    Defined in :numref:`sec_vit-mae`"""
+    n, num_patches, _ = patches.shape
+    rows = int(num_patches ** 0.5)
+    X = patches.reshape(n, rows, rows, patch_size, patch_size, num_channels)
+    X = X.transpose(0, 1, 3, 2, 4, 5)  # grid row, row, grid col, col, channel
+    return X.reshape(n, rows * patch_size, rows * patch_size, num_channels)
+
+class MaskedAutoencoder(d2l.Module):
+    """A masked autoencoder: the chapter's ViT encodes the visible patches;
+    a narrower Transformer decodes them with mask tokens into pixels.
+
+    Defined in :numref:`sec_vit-mae`"""
+    img_size: int
+    patch_size: int
+    num_hiddens: int
+    mlp_num_hiddens: int
+    num_heads: int
+    num_blks: int
+    decoder_num_hiddens: int
+    decoder_mlp_num_hiddens: int
+    decoder_num_heads: int
+    decoder_num_blks: int
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1
+    num_channels: int = 1
+
+    def setup(self):
+        self.encoder = d2l.ViT(self.img_size, self.patch_size,
+                               self.num_hiddens, self.mlp_num_hiddens,
+                               self.num_heads, self.num_blks, 0.0, 0.0,
+                               num_channels=self.num_channels,
+                               posemb='sincos2d')
+        self.setup_decoder()
+
+    def encode(self, X, noise):
+        """The encoded class token and visible patches, and the masking.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        vit = self.encoder
+        tokens = vit.patch_embedding(X) + vit.pos_embedding[:, 1:]
+        keep, restore, mask = random_masking(noise, self.mask_ratio)
+        cls_tokens = jnp.broadcast_to(vit.cls_token + vit.pos_embedding[:, :1],
+                                      (X.shape[0], 1, self.num_hiddens))
+        H = jnp.concatenate((cls_tokens, take_tokens(tokens, keep)), axis=1)
+        for blk in vit.blks:
+            H = blk(H)
+        return vit.head.layers[0](H), restore, mask
+
+    def setup_decoder(self):
+        """The decoder's layers: from the encoder's width to its own, the mask
+        token, its blocks and the prediction of each patch's pixels.
+
+        Defined in :numref:`sec_vit-mae`"""
+        d, xavier = self.decoder_num_hiddens, nn.initializers.xavier_uniform()
+        self.decoder_embed = nn.Dense(d, kernel_init=xavier)
+        self.mask_token = self.param(
+            'mask_token', nn.initializers.normal(stddev=0.02), (1, 1, d))
+        grid_size = d2l.patch_grid(self.img_size, self.patch_size)[2]
+        self.decoder_pos_embedding = d2l.fixed_position_embedding(
+            'sincos2d', grid_size, d)
+        self.decoder_blks = [
+            d2l.ViTBlock(d, self.decoder_mlp_num_hiddens, self.decoder_num_heads,
+                         0.0) for _ in range(self.decoder_num_blks)]
+        self.decoder_norm = nn.LayerNorm(epsilon=1e-6)
+        self.decoder_pred = nn.Dense(self.patch_size**2 * self.num_channels,
+                                     kernel_init=xavier)
+    
+
+    def decode(self, H, restore):
+        """Predicted pixels of every patch from the encoded visible tokens.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        H = self.decoder_embed(H)
+        num_masked = restore.shape[1] - (H.shape[1] - 1)
+        mask_tokens = jnp.broadcast_to(
+            self.mask_token, (H.shape[0], num_masked, H.shape[2]))
+        patches = take_tokens(jnp.concatenate((H[:, 1:], mask_tokens), axis=1),
+                              restore)
+        H = jnp.concatenate((H[:, :1], patches), axis=1)
+        H = H + self.decoder_pos_embedding
+        for blk in self.decoder_blks:
+            H = blk(H)
+        return self.decoder_pred(self.decoder_norm(H)[:, 1:])  # No class token
+    
+
+    def __call__(self, X, noise=None, training=False):
+        """The predicted pixels of every patch and the mask; `noise` (batch,
+        no. of patches) chooses the mask, a new random one if None.
+
+        Defined in :numref:`sec_vit-mae`"""
+        if noise is None:  # A new random mask for every image; d2l's Trainer
+            # seeds the 'dropout' stream anew in every step
+            rows, cols = d2l.patch_grid(self.img_size, self.patch_size)[2]
+            noise = jax.random.uniform(self.make_rng('dropout'),
+                                       (X.shape[0], rows * cols))
+        H, restore, mask = self.encode(X, noise)
+        return self.decode(H, restore), mask
+
+    def loss(self, params, X, Y, state, averaged=True):
+        """The reconstruction loss of the images X; the labels Y go unused.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        pred, mask = state.apply_fn({'params': params}, *X,
+                                    rngs={'dropout': state.dropout_rng})
+        target = d2l.patchify(X[0], self.patch_size)
+        return masked_patch_loss(pred, target, mask, self.norm_pix_loss), {}
+
+    def configure_optimizers(self):
+        """AdamW with a linear warm-up and a cosine decay.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, self.lr, round(self.warmup * total_steps), total_steps)
+        return optax.adamw(schedule, weight_decay=self.weight_decay)
+
+def masked_patch_loss(pred, target, mask, norm_pix_loss=True):
+    """The mean squared error of the predicted pixels of the masked patches;
+    with norm_pix_loss, each target patch is normalized first.
+
+    Defined in :numref:`sec_vit-mae`"""
+    if norm_pix_loss:
+        mean = target.mean(axis=-1, keepdims=True)
+        var = target.var(axis=-1, keepdims=True, ddof=1)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = ((pred - target) ** 2).mean(axis=-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+def reconstruct(pred, X, mask, patch_size, norm_pix_loss=True):
+    """Images with the predicted pixels in the masked patches.
+
+    Defined in :numref:`sec_vit-mae`"""
+    target = d2l.patchify(X, patch_size)
+    if norm_pix_loss:  # Undo the normalization of each patch
+        mean = target.mean(axis=-1, keepdims=True)
+        std = (target.var(axis=-1, keepdims=True, ddof=1) + 1e-6) ** 0.5
+        pred = pred * std + mean
+    mask = mask[..., None]
+    return jnp.clip(unpatchify(target * (1 - mask) + pred * mask, patch_size,
+                               X.shape[-1]), 0, 1)
+
+class FineTunedViT(d2l.TunedViT):
+    """TunedViT that can train only its last linear layer (linear_probe).
+
+    Defined in :numref:`sec_vit-mae`"""
+    linear_probe: bool = False
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        if not self.linear_probe:
+            return optimizer
+        # Only the head's linear layer (head/layers_1) changes
+        labels = lambda params: flax.traverse_util.path_aware_map(
+            lambda path, _: 'train' if path[:2] == ('head', 'layers_1')
+            else 'freeze', params)
+        return optax.multi_transform(
+            {'train': optimizer, 'freeze': optax.set_to_zero()}, labels)
+
+class PretrainedTrainer(d2l.Trainer):
+    """A Trainer whose model starts from pretrained parameters: those of
+    `pretrained` replace the initial ones of the same path and shape.
+
+    Defined in :numref:`sec_vit-mae`"""
+    def __init__(self, pretrained, max_epochs, num_gpus=0,
+                 gradient_clip_val=0):
+        super().__init__(max_epochs, num_gpus, gradient_clip_val)
+        self.pretrained = pretrained
+
+    def init_state(self, model, key, batch=None):
+        state = super().init_state(model, key, batch)
+        params = flax.traverse_util.flatten_dict(state.params, sep='/')
+        for path, value in flax.traverse_util.flatten_dict(
+                self.pretrained, sep='/').items():
+            if path not in params or params[path].shape != value.shape:
+                raise ValueError(
+                    f'pretrained parameter {path} {value.shape} has no '
+                    'counterpart of that shape in the model: build the '
+                    'model with the pretrained one\'s settings')
+            params[path] = jnp.array(value)  # A copy: steps donate theirs
+        params = flax.traverse_util.unflatten_dict(params, sep='/')
+        return state.replace(params=params,
+                             opt_state=state.tx.init(params))

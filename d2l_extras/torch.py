@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from d2l_extras.checks import (check_image_batch, check_position_grid, check_posemb,
                                check_sincos_width, check_token_grid, check_window_grid,
-                               grid_pair, merged_grid, patch_grid)
+                               grid_pair, merged_grid, num_kept_patches, patch_grid)
 from d2l_extras.convert.from_timm import vit_from_timm
 from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
 from d2l_extras.data import modules
@@ -1447,3 +1447,185 @@ def plot_attention_cost(num_tokens, costs):
         ax.grid(which='major')
         ax.legend(fontsize=8)
     d2l.plt.tight_layout()
+
+def random_masking(noise, mask_ratio):
+    """Per-example random masks from noise of shape (batch, no. of patches):
+    the indices of the kept patches, the indices that undo the shuffle, and
+    the mask (1 for a masked patch, in the patches' own order).
+
+    Defined in :numref:`sec_vit-mae`"""
+    num_keep = d2l.num_kept_patches(noise.shape[1], mask_ratio)
+    shuffle = noise.argsort(dim=1)  # the patches with the least noise first
+    restore = shuffle.argsort(dim=1)
+    mask = (restore >= num_keep).float()
+    return shuffle[:, :num_keep], restore, mask
+
+def take_tokens(X, indices):
+    """Tokens of X (batch, no. of tokens, width) by index, per example.
+
+    Defined in :numref:`sec_vit-mae`"""
+    return torch.gather(X, 1, indices[..., None].expand(-1, -1, X.shape[-1]))
+
+def unpatchify(patches, patch_size, num_channels=1):
+    """Images (N, C, H, W) from the patch vectors of a square grid, as
+    patchify cut them.
+
+    Defined in :numref:`sec_vit-mae`"""
+    n, num_patches, _ = patches.shape
+    rows = int(num_patches ** 0.5)
+    X = patches.reshape(n, rows, rows, num_channels, patch_size, patch_size)
+    X = X.permute(0, 3, 1, 4, 2, 5)  # channel, grid row, row, grid col, col
+    return X.reshape(n, num_channels, rows * patch_size, rows * patch_size)
+
+class MaskedAutoencoder(d2l.Module):
+    """A masked autoencoder: the chapter's ViT encodes the visible patches;
+    a narrower Transformer decodes them with mask tokens into pixels.
+
+    Defined in :numref:`sec_vit-mae`"""
+    def __init__(self, img_size, patch_size, num_hiddens, mlp_num_hiddens,
+                 num_heads, num_blks, decoder_num_hiddens,
+                 decoder_mlp_num_hiddens, decoder_num_heads,
+                 decoder_num_blks, mask_ratio=0.75, norm_pix_loss=True,
+                 lr=1e-3, weight_decay=0.05, warmup=0.1, num_channels=1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = d2l.ViT(img_size, patch_size, num_hiddens,
+                               mlp_num_hiddens, num_heads, num_blks, 0, 0,
+                               num_channels=num_channels, posemb='sincos2d')
+        self.init_decoder()
+
+    def encode(self, X, noise):
+        """The encoded class token and visible patches, and the masking.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        vit = self.encoder
+        tokens = vit.patch_embedding(X) + vit.pos_embedding[:, 1:]
+        keep, restore, mask = random_masking(noise, self.mask_ratio)
+        cls_tokens = (vit.cls_token + vit.pos_embedding[:, :1]).expand(
+            X.shape[0], -1, -1)
+        H = torch.cat((cls_tokens, take_tokens(tokens, keep)), dim=1)
+        return vit.head[0](vit.blks(H)), restore, mask
+
+    def init_decoder(self):
+        """The decoder's layers: from the encoder's width to its own, the mask
+        token, its blocks and the prediction of each patch's pixels.
+
+        Defined in :numref:`sec_vit-mae`"""
+        d = self.decoder_num_hiddens
+        self.decoder_embed = nn.Linear(self.num_hiddens, d)
+        self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, d))
+        self.register_buffer('decoder_pos_embedding', d2l.fixed_position_embedding(
+            'sincos2d', self.encoder.patch_embedding.grid_size, d),
+            persistent=False)
+        self.decoder_blks = nn.Sequential(*[
+            d2l.ViTBlock(d, self.decoder_mlp_num_hiddens, self.decoder_num_heads,
+                         0) for _ in range(self.decoder_num_blks)])
+        self.decoder_norm = nn.LayerNorm(d, eps=1e-6)
+        self.decoder_pred = nn.Linear(d, self.patch_size**2 * self.num_channels)
+        with torch.no_grad():  # Create the lazy layers' weights
+            self(torch.zeros(1, self.num_channels,
+                             *self.encoder.patch_embedding.img_size))
+        for layer in (self.decoder_embed, self.decoder_blks, self.decoder_pred):
+            d2l.init_xavier_(layer)
+    
+
+    def decode(self, H, restore):
+        """Predicted pixels of every patch from the encoded visible tokens.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        H = self.decoder_embed(H)
+        num_masked = restore.shape[1] - (H.shape[1] - 1)
+        mask_tokens = self.mask_token.expand(H.shape[0], num_masked, -1)
+        patches = take_tokens(torch.cat((H[:, 1:], mask_tokens), dim=1), restore)
+        H = torch.cat((H[:, :1], patches), dim=1) + self.decoder_pos_embedding
+        H = self.decoder_norm(self.decoder_blks(H))
+        return self.decoder_pred(H[:, 1:])  # Without the class token
+    
+
+    def forward(self, X, noise=None):
+        """The predicted pixels of every patch and the mask; `noise` (batch,
+        no. of patches) chooses the mask, a new random one if None.
+
+        Defined in :numref:`sec_vit-mae`"""
+        if noise is None:  # A new random mask for every image
+            num_patches = self.encoder.patch_embedding.num_patches
+            noise = torch.rand(X.shape[0], num_patches, device=X.device)
+        H, restore, mask = self.encode(X, noise)
+        return self.decode(H, restore), mask
+
+    def loss(self, X, noise=None):
+        """The reconstruction loss of the images X.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        pred, mask = self(X, noise)
+        return masked_patch_loss(pred, d2l.patchify(X, self.patch_size), mask,
+                                 self.norm_pix_loss)
+
+    def training_step(self, batch):
+        """The loss of a minibatch of images; their labels go unused.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        l = self.loss(batch[0])
+        self.plot('loss', l, train=True)
+        return l
+    
+
+    def validation_step(self, batch):
+        """Plot the loss of a minibatch of validation images.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        self.plot('loss', self.loss(batch[0]), train=False)
+    
+
+    def configure_optimizers(self):
+        """AdamW with a linear warm-up and a cosine decay.
+    
+        Defined in :numref:`sec_vit-mae`"""
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr,
+                                      weight_decay=self.weight_decay)
+        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
+        warmup_steps = round(self.warmup * total_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: d2l.warmup_cosine(step, warmup_steps, total_steps))
+        optimizer.register_step_post_hook(lambda *args: schedule.step())
+        return optimizer
+
+def masked_patch_loss(pred, target, mask, norm_pix_loss=True):
+    """The mean squared error of the predicted pixels of the masked patches;
+    with norm_pix_loss, each target patch is normalized first.
+
+    Defined in :numref:`sec_vit-mae`"""
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = ((pred - target) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+def reconstruct(pred, X, mask, patch_size, norm_pix_loss=True):
+    """Images with the predicted pixels in the masked patches.
+
+    Defined in :numref:`sec_vit-mae`"""
+    target = d2l.patchify(X, patch_size)
+    if norm_pix_loss:  # Undo the normalization of each patch
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+        pred = pred * std + mean
+    mask = mask[..., None]
+    return unpatchify(target * (1 - mask) + pred * mask, patch_size,
+                      X.shape[1]).clamp(0, 1)
+
+class FineTunedViT(d2l.TunedViT):
+    """TunedViT that can train only its last linear layer (linear_probe).
+
+    Defined in :numref:`sec_vit-mae`"""
+    def __init__(self, *args, linear_probe=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.linear_probe = linear_probe
+
+    def configure_optimizers(self):
+        if self.linear_probe:  # Only the head's linear layer gets gradients
+            self.requires_grad_(False)
+            self.head[1].requires_grad_(True)
+        return super().configure_optimizers()

@@ -78,7 +78,8 @@ def test_no_page_trains_on_the_standin_while_the_real_data_is_installed(book, fo
 
 @pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
 @pytest.mark.parametrize('page', ['exercise-pooling', 'exercise-accuracy', 'position-embeddings',
-                                  'vit-vs-cnn', 'training-recipe', 'deit', 'swin'])
+                                  'vit-vs-cnn', 'training-recipe', 'deit', 'swin',
+                                  'masked-autoencoder'])
 def test_each_page_that_trains_shows_its_reference_run_or_says_there_is_none(book, folder, page):
     text = outputs(notebook(book, folder, f'chapter_vit/{page}'))
     recorded = sorted(reference_runs.FOLDER.glob(f'{page}--*.json'))
@@ -113,6 +114,17 @@ EXERCISES = {
          'sincos2d: neighbours 0.986', 'Quick mode: 1 of 10 epochs on at most 128 training',
          'posemb     val acc', 'No reference run is recorded for position-embeddings',
          re.compile(r'interpolated: neighbours 0\.99\d\d'), 'recomputed: neighbours 0.9862'],
+        {'eval': [], 'eval_jax': []}),
+    'chapter_vit/masked-autoencoder': (
+        # 12 of 49 patches kept; un-shuffling restores the order
+        ['(49, 12)', '[37., 37., 37., 37., 37., 37., 37., 37.]',
+         re.compile(r'13, 512.*49, 16.*8, 49', re.DOTALL),
+         # the loss ignores a changed visible patch, and not a masked one
+         re.compile(r'as predicted: (\d\.\d{4})\n\s+visible: \1\n\s+masked: (?!\1)'),
+         'Quick mode: 2 of 40 epochs on at most 1024 training',
+         'Quick mode: 2 of 50 epochs', 'fine-tune, 600 labels',
+         'linear probe, 600 labels', 'scratch, 600 labels',
+         'No reference run is recorded for masked-autoencoder'],
         {'eval': [], 'eval_jax': []}),
 }
 

@@ -31,7 +31,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CARRY = ROOT / 'build' / 'gpu_carry'
 PAGES = ('exercise-accuracy', 'vit-vs-cnn', 'exercise-pooling', 'position-embeddings',
-         'training-recipe', 'deit', 'swin')
+         'training-recipe', 'deit', 'swin', 'masked-autoencoder')
 BENCHMARK_MINUTES = 3
 H200_BF16_TFLOPS = 989  # dense, from NVIDIA's data sheet
 # Imported by d2l.torch or the chapter, but not by the frameworks: the

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 import numpy as np
 
 # A PyTorch nn.Sequential numbers its children; Flax names list entries
-# 'blks_0' and nn.Sequential layers 'layers_0'.
-_SEQUENCE_NAMES = {'blks': 'blks_{}', 'head': 'layers_{}'}
+# 'blks_0' and nn.Sequential layers 'layers_0'. The masked autoencoder's
+# decoder keeps its blocks in a list too.
+_SEQUENCE_NAMES = {'blks': 'blks_{}', 'decoder_blks': 'decoder_blks_{}', 'head': 'layers_{}'}
 
 
 def _flax_path(torch_path):
@@ -27,7 +28,7 @@ def _flax_path(torch_path):
             parent = parts[i - 1]
             if parent not in _SEQUENCE_NAMES:
                 raise ValueError(f'do not know how Flax names entry {part} of {parent!r}')
-            if parent == 'blks':  # a list attribute: Flax flattens it into the name
+            if parent.endswith('blks'):  # a list attribute: Flax flattens it into the name
                 path[-1] = _SEQUENCE_NAMES[parent].format(part)
             else:
                 path.append(_SEQUENCE_NAMES[parent].format(part))

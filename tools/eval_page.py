@@ -1,0 +1,54 @@
+"""Evaluate one or more pages' notebooks, in quick mode, without building the book.
+
+    python tools/eval_page.py masked-autoencoder [PAGE ...] [--tabs pytorch jax]
+
+For writing a page: each tab's notebook is cut out of chapter_vit/<page>.md as
+`d2lbook build eval` cuts it and run top to bottom in a Jupyter kernel, in
+quick mode (D2L_VIT_QUICK=1, unless it is set), with the same environment as
+`make eval` gives the kernels. The evaluated notebooks go to
+build/pages/<tab>/<page>.ipynb; the time each took is printed. Run `make lib`
+first when the page's saved code changed.
+"""
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import reference_runs  # noqa: E402  (tools/reference_runs.py)
+
+ROOT = reference_runs.ROOT
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('pages', nargs='+', help='page names, e.g. position-embeddings')
+    parser.add_argument('--tabs', nargs='+', choices=reference_runs.TABS,
+                        default=list(reference_runs.TABS))
+    parser.add_argument('--out', type=pathlib.Path, default=ROOT / 'build' / 'pages')
+    args = parser.parse_args()
+    os.environ.setdefault('D2L_VIT_QUICK', '1')
+    os.environ.setdefault('OMP_NUM_THREADS', str(max((os.cpu_count() or 2) // 2, 1)))
+    os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / 'build' / 'jax_cache'))
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+    failed = []
+    for page in args.pages:
+        for tab in args.tabs:
+            folder = args.out.resolve() / tab
+            folder.mkdir(parents=True, exist_ok=True)
+            start = time.monotonic()
+            try:
+                target = reference_runs.run_notebook(page, tab, folder)
+            except Exception as error:  # the next page still runs
+                print(f'[{tab}] {page} failed: {type(error).__name__}: {error}',
+                      file=sys.stderr)
+                failed.append(f'{tab}/{page}')
+                continue
+            print(f'[{tab}] {page}: {time.monotonic() - start:.0f} s, {target}', flush=True)
+    if failed:
+        sys.exit(f'failed: {", ".join(failed)} (the partly evaluated notebooks are in {args.out})')
+
+
+if __name__ == '__main__':
+    main()
