@@ -80,7 +80,7 @@ def book(tmp_path_factory, jax_cache):
                D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')),
                JAX_COMPILATION_CACHE_DIR=str(jax_cache))
     result = subprocess.run(['make', 'build', f'VENV={VENV}', f'NODE_MODULES={ROOT / "node_modules"}'],
-                            cwd=copy, env=env, capture_output=True, text=True, timeout=1500)
+                            cwd=copy, env=env, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     (copy / 'build' / 'make.log').write_text(result.stdout + result.stderr)
     return copy

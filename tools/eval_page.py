@@ -32,9 +32,19 @@ def main():
     os.environ.setdefault('OMP_NUM_THREADS', str(max((os.cpu_count() or 2) // 2, 1)))
     os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / 'build' / 'jax_cache'))
     os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+    from d2lbook import resource
     failed = []
     for page in args.pages:
         for tab in args.tabs:
+            # d2lbook's build gives a GPU to a notebook whose code names one
+            # (`try_gpu()`, ...) and fails on a machine without any
+            if (resource.get_notebook_gpus(reference_runs.tab_notebook(page, tab), 2)
+                    and not resource.get_available_gpus()):
+                print(f'[{tab}] {page}: d2lbook would wait for a GPU for it (its code calls '
+                      'try_gpu() or similar): move tensors with the model\'s device instead',
+                      file=sys.stderr)
+                failed.append(f'{tab}/{page}')
+                continue
             folder = args.out.resolve() / tab
             folder.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
