@@ -22,6 +22,7 @@ from jax import numpy as jnp
 from d2l_extras.checks import (check_image_batch, check_position_grid, check_posemb,
                                check_sincos_width, check_token_grid, check_window_grid,
                                grid_pair, merged_grid, num_kept_patches, patch_grid)
+from d2l_extras.convert.from_npz import vit_from_npz
 from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
 from d2l_extras.d2l_jax.attention import DotProductAttention, MultiHeadAttention, masked_softmax
 from d2l_extras.d2l_jax.plotting import (ProgressBoard, plot, plt, set_axes, set_figsize,
@@ -29,6 +30,7 @@ from d2l_extras.d2l_jax.plotting import (ProgressBoard, plot, plt, set_axes, set
 from d2l_extras.d2l_jax.training import (Classifier, DataModule, HyperParameters, Module,
                                          Trainer, TrainState, get_key, get_seed)
 from d2l_extras.data import modules
+from d2l_extras.data.download import fetch_checkpoint, try_download
 from d2l_extras.run import quick_mode, reference_runs, saved_params
 
 d2l = sys.modules[__name__]
@@ -155,6 +157,12 @@ class FashionMNIST(modules.FashionMNISTData, ImageDataModule):
 class CIFAR10(modules.CIFAR10Data, ImageDataModule):
     """CIFAR-10 as NHWC float arrays in [0, 1], with the interface of
     ``FashionMNIST``."""
+
+
+class UCIDigits(modules.UCIDigitsData, ImageDataModule):
+    """The UCI handwritten digits of scikit-learn (8x8 pixels, 10 classes), as
+    NHWC float arrays in [0, 1], with the interface of ``FashionMNIST``; they
+    need no download."""
 
 #################   WARNING   ################
 # The below part is generated automatically through:
@@ -371,6 +379,17 @@ class ViT(d2l.Classifier):
                 d2l.patch_grid(img_size, self.patch_size)[2],
                 self.num_prefix_tokens, mode))
         return model, params
+
+    def with_num_classes(self, params, num_classes):
+        """A copy of the model with a new, zero linear head for `num_classes`
+        classes, and its parameters; every other parameter is kept.
+
+        Defined in :numref:`sec_vit-fine-tuning`"""
+        kernel = params['head']['layers_1']['kernel']
+        head = dict(params['head'], layers_1={
+            'kernel': jnp.zeros((kernel.shape[0], num_classes), kernel.dtype),
+            'bias': jnp.zeros(num_classes, kernel.dtype)})
+        return self.clone(num_classes=num_classes), dict(params, head=head)
 
 def evaluate_accuracy(model, params, data):
     """The fraction of validation examples that the model classifies right.
@@ -1718,3 +1737,15 @@ class PretrainedTrainer(d2l.Trainer):
         params = flax.traverse_util.unflatten_dict(params, sep='/')
         return state.replace(params=params,
                              opt_state=state.tx.init(params))
+
+def fold_normalization(params, mean=0.5, std=0.5):
+    """Parameters that take pixels x in [0, 1] for a model that expects
+    pixels (x - mean) / std, with the scaling folded into its patch
+    embedding.
+
+    Defined in :numref:`sec_vit-fine-tuning`"""
+    conv = params['patch_embedding']['conv']
+    kernel = conv['kernel'] / std
+    bias = conv['bias'] - (kernel * mean).sum(axis=(0, 1, 2))
+    return dict(params, patch_embedding={'conv': {'kernel': kernel,
+                                                  'bias': bias}})

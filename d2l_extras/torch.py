@@ -22,6 +22,7 @@ from d2l_extras.checks import (check_image_batch, check_position_grid, check_pos
 from d2l_extras.convert.from_timm import vit_from_timm
 from d2l_extras.convert.torch_flax import params_from_torch, params_to_torch
 from d2l_extras.data import modules
+from d2l_extras.data.download import try_download
 from d2l_extras.run import quick_mode, reference_runs, saved_params
 
 # The saved code below says `d2l.ViT` and `d2l.Classifier`, as the notebooks do.
@@ -164,6 +165,12 @@ class FashionMNIST(modules.FashionMNISTData, ImageDataModule):
 class CIFAR10(modules.CIFAR10Data, ImageDataModule):
     """CIFAR-10 as NCHW float tensors in [0, 1], with the interface of
     ``FashionMNIST``."""
+
+
+class UCIDigits(modules.UCIDigitsData, ImageDataModule):
+    """The UCI handwritten digits of scikit-learn (8x8 pixels, 10 classes), as
+    NCHW float tensors in [0, 1], with the interface of ``FashionMNIST``; they
+    need no download."""
 
 #################   WARNING   ################
 # The below part is generated automatically through:
@@ -340,6 +347,17 @@ class ViT(d2l.Classifier):
                 model.patch_embedding.grid_size, self.num_prefix_tokens, mode)
         model.load_state_dict(state)
         return model.to(self.pos_embedding.device)
+
+    def with_num_classes(self, num_classes):
+        """A copy of the model with a new, zero linear head for `num_classes`
+        classes; every other parameter is copied.
+
+        Defined in :numref:`sec_vit-fine-tuning`"""
+        model = d2l.ViT(**dict(self.hparams, num_classes=num_classes))
+        state = {name: value for name, value in self.state_dict().items()
+                 if not name.startswith('head.1.')}
+        model.load_state_dict(state, strict=False)
+        return model.to(next(self.parameters()).device)
 
 def evaluate_accuracy(model, data):
     """The fraction of validation examples that the model classifies right.
@@ -1629,3 +1647,14 @@ class FineTunedViT(d2l.TunedViT):
             self.requires_grad_(False)
             self.head[1].requires_grad_(True)
         return super().configure_optimizers()
+
+def fold_normalization(model, mean=0.5, std=0.5):
+    """Make a model that expects pixels (x - mean) / std take pixels x in
+    [0, 1], by folding the scaling into its patch embedding (in place).
+
+    Defined in :numref:`sec_vit-fine-tuning`"""
+    conv = model.patch_embedding.conv
+    with torch.no_grad():
+        conv.weight /= std
+        conv.bias -= (conv.weight * mean).sum(dim=(1, 2, 3))
+    return model

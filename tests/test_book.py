@@ -79,7 +79,7 @@ def test_no_page_trains_on_the_standin_while_the_real_data_is_installed(book, fo
 @pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
 @pytest.mark.parametrize('page', ['exercise-pooling', 'exercise-accuracy', 'position-embeddings',
                                   'vit-vs-cnn', 'training-recipe', 'deit', 'swin',
-                                  'masked-autoencoder'])
+                                  'masked-autoencoder', 'fine-tuning'])
 def test_each_page_that_trains_shows_its_reference_run_or_says_there_is_none(book, folder, page):
     text = outputs(notebook(book, folder, f'chapter_vit/{page}'))
     recorded = sorted(reference_runs.FOLDER.glob(f'{page}--*.json'))
@@ -126,6 +126,16 @@ EXERCISES = {
          'linear probe, 600 labels', 'scratch, 600 labels',
          'No reference run is recorded for masked-autoencoder'],
         {'eval': [], 'eval_jax': []}),
+    'chapter_vit/fine-tuning': (
+        # offline: no download, the section's ViT fine-tuned onto the digits
+        ['Offline: not downloading vit_small_patch16_224.augreg_in21k_ft_in1k',
+         'Loaded the trained parameters from',
+         'UCI digits from scikit-learn: 1,413 training and 384 validation images',
+         'Quick mode: 2 of 20 epochs on at most 256 training',
+         re.compile(r'fine-tuned on UCI digits\s+0\.\d{3}'),
+         re.compile(r'from scratch on UCI digits\s+0\.\d{3}')],
+        {'eval': ['cannot convert a timm VisionTransformer with init_values (LayerScale)'],
+         'eval_jax': ["cannot load 'pre_logits/kernel' into the chapter's ViT"]}),
 }
 
 

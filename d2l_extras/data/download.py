@@ -11,6 +11,7 @@ import pathlib
 import queue
 import tempfile
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -74,7 +75,8 @@ def _open_with_deadline(url, timeout):
 def download(file_name, md5, folder, mirrors, timeout=CONNECT_TIMEOUT):
     """Download ``file_name`` into ``folder``, verified, atomically; return its path.
 
-    Tries each of the URL prefixes ``mirrors`` in turn.
+    Tries each of the URL prefixes ``mirrors`` in turn. ``md5=None`` is for
+    files published without a checksum, which the caller must check itself.
     """
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ def download(file_name, md5, folder, mirrors, timeout=CONNECT_TIMEOUT):
             with os.fdopen(fd, 'wb') as out, _open_with_deadline(mirror + file_name, timeout) as response:
                 for chunk in iter(lambda: response.read(1 << 20), b''):
                     out.write(chunk)
-            if md5sum(tmp) != md5:
+            if md5 is not None and md5sum(tmp) != md5:
                 raise DownloadError('checksum mismatch')
             os.replace(tmp, target)
             return target
@@ -112,3 +114,37 @@ def fetch(file_name, md5, folder, mirrors):
                                 'forbids downloading it')
         download(file_name, md5, folder, mirrors)
     return path
+
+
+def try_download(what, download, url, timeout=CONNECT_TIMEOUT):
+    """``download()``, which fetches ``what`` from ``url``; or None, after one
+    printed line saying why not: ``D2L_VIT_OFFLINE`` forbids downloading,
+    ``url``'s server does not answer within ``timeout`` seconds (asked first,
+    since some clients retry for a minute), or the download fails."""
+    host = urllib.parse.urlsplit(url).netloc
+    why = None
+    if offline_forced():
+        why = f'{OFFLINE_ENV_VAR} forbids downloading'
+    else:
+        try:
+            _open_with_deadline(f'https://{host}/', timeout).close()
+        except DownloadError as e:
+            # An HTTP error status (404, ...) is an answer: the server is there
+            if not isinstance(e.__cause__, urllib.error.HTTPError):
+                why = f'{host} does not answer ({e})'
+    if why is None:
+        try:
+            return download()
+        except (OSError, ValueError) as e:  # network errors are OSErrors
+            why = f'the download failed ({e})'
+    print(f'Offline: not downloading {what}, since {why}.')
+    return None
+
+
+def fetch_checkpoint(url, root=None):
+    """The path of the file at ``url`` in ``<root>/checkpoints``, downloaded
+    first when missing (``root`` as for the datasets). Published checkpoints
+    come without checksums: the loader checks what it reads (an .npz is a ZIP
+    archive, whose members carry CRC-32 checksums)."""
+    prefix, _, file_name = url.rpartition('/')
+    return fetch(file_name, None, data_root(root) / 'checkpoints', (prefix + '/',))

@@ -11,6 +11,7 @@ from d2l_extras.d2l_jax import plotting
 from d2l_extras.data.loader import ArrayLoader, image_batch_transform
 from d2l_extras.data.cifar10 import load_cifar10
 from d2l_extras.data.fashion_mnist import load_fashion_mnist
+from d2l_extras.data.standins import load_uci_digits
 
 
 class ImageDataModule:
@@ -79,3 +80,10 @@ class CIFAR10Data(ImageDataModule):
     """CIFAR-10, or the UCI digits in colour offline."""
     image_size = (32, 32)
     load_arrays = staticmethod(load_cifar10)
+
+
+class UCIDigitsData(ImageDataModule):
+    """The UCI handwritten digits that ship with scikit-learn: 1,413 training
+    and 384 validation images of 8x8 pixels, in 10 classes."""
+    image_size = (8, 8)
+    load_arrays = staticmethod(load_uci_digits)

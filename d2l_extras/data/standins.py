@@ -9,6 +9,8 @@ The validation part has 384 images, about a fifth, which is three whole
 minibatches of 128 (the chapter's minibatch size): in JAX a smaller last
 minibatch is a new shape, compiled anew for every model the book evaluates.
 """
+import dataclasses
+
 import numpy as np
 
 from d2l_extras.data.arrays import ImageArrays
@@ -40,6 +42,19 @@ def load_digits():
                        images[~val_mask], labels[~val_mask],
                        images[val_mask], labels[val_mask],
                        tuple(str(d) for d in range(10)), 16.0)
+
+
+def load_uci_digits(root=None, verbose=True):
+    """The UCI digits as a dataset of their own (not standing in for
+    another), with the split of ``load_digits``; prints one line saying so.
+    ``root`` is unused: scikit-learn ships them."""
+    digits = load_digits()
+    digits = dataclasses.replace(digits, name='UCI digits')
+    if verbose:
+        print(f"UCI digits from scikit-learn: {len(digits.train_labels):,} "
+              f"training and {len(digits.val_labels):,} validation images "
+              f"of 8x8 pixels.")
+    return digits
 
 
 def describe(arrays):
