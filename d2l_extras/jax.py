@@ -488,6 +488,16 @@ def fit_step_cost(num_tokens, seconds):
     coefficients, _ = nnls(features / seconds[:, None], np.ones_like(seconds))
     return coefficients / scale
 
+def adamw_warmup_cosine(module):
+    """AdamW at the module's lr and weight_decay, with a linear warm-up over
+    its `warmup` fraction of the trainer's steps, then a cosine decay to 0.
+
+    Defined in :numref:`sec_vit-exercise-accuracy`"""
+    total_steps = module.trainer.max_epochs * module.trainer.num_train_batches
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, module.lr, round(module.warmup * total_steps), total_steps)
+    return optax.adamw(schedule, weight_decay=module.weight_decay)
+
 class TunedViT(d2l.ViT):
     """The chapter's ViT with AdamW and a schedule, and label smoothing.
 
@@ -509,10 +519,7 @@ class TunedViT(d2l.ViT):
     def configure_optimizers(self):
         if not self.adamw:
             return super().configure_optimizers()
-        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, self.lr, round(self.warmup * total_steps), total_steps)
-        return optax.adamw(schedule, weight_decay=self.weight_decay)
+        return adamw_warmup_cosine(self)
 
 def shift_and_flip(images, rng, max_shift=0.07):
     """Shift (N, H, W) images by up to max_shift of their side; flip half.
@@ -1666,10 +1673,7 @@ class MaskedAutoencoder(d2l.Module):
         """AdamW with a linear warm-up and a cosine decay.
     
         Defined in :numref:`sec_vit-mae`"""
-        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, self.lr, round(self.warmup * total_steps), total_steps)
-        return optax.adamw(schedule, weight_decay=self.weight_decay)
+        return d2l.adamw_warmup_cosine(self)
 
 def masked_patch_loss(pred, target, mask, norm_pix_loss=True):
     """The mean squared error of the predicted pixels of the masked patches;

@@ -471,6 +471,22 @@ def warmup_cosine(step, warmup_steps, total_steps):
     progress = min((step - warmup_steps) / decay_steps, 1)
     return 0.5 * (1 + math.cos(math.pi * progress))
 
+def adamw_warmup_cosine(module):
+    """AdamW at the module's lr and weight_decay, with a linear warm-up over
+    its `warmup` fraction of the trainer's steps, then a cosine decay to 0.
+
+    Defined in :numref:`sec_vit-exercise-accuracy`"""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=module.lr,
+                                  weight_decay=module.weight_decay)
+    total_steps = module.trainer.max_epochs * module.trainer.num_train_batches
+    warmup_steps = round(module.warmup * total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, warmup_steps, total_steps))
+    # d2l's Trainer only calls optimizer.step(): advance the schedule there
+    optimizer.register_step_post_hook(lambda *args: schedule.step())
+    return optimizer
+
 class TunedViT(d2l.ViT):
     """The chapter's ViT with AdamW and a schedule, and label smoothing.
 
@@ -490,16 +506,7 @@ class TunedViT(d2l.ViT):
     def configure_optimizers(self):
         if not self.adamw:
             return super().configure_optimizers()
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr,
-                                      weight_decay=self.weight_decay)
-        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
-        warmup_steps = round(self.warmup * total_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: warmup_cosine(step, warmup_steps, total_steps))
-        # d2l's Trainer only calls optimizer.step(): advance the schedule there
-        optimizer.register_step_post_hook(lambda *args: schedule.step())
-        return optimizer
+        return adamw_warmup_cosine(self)
 
 def shift_and_flip(images, rng, max_shift=0.07):
     """Shift (N, H, W) images by up to max_shift of their side; flip half.
@@ -1599,15 +1606,7 @@ class MaskedAutoencoder(d2l.Module):
         """AdamW with a linear warm-up and a cosine decay.
     
         Defined in :numref:`sec_vit-mae`"""
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr,
-                                      weight_decay=self.weight_decay)
-        total_steps = self.trainer.max_epochs * self.trainer.num_train_batches
-        warmup_steps = round(self.warmup * total_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: d2l.warmup_cosine(step, warmup_steps, total_steps))
-        optimizer.register_step_post_hook(lambda *args: schedule.step())
-        return optimizer
+        return d2l.adamw_warmup_cosine(self)
 
 def masked_patch_loss(pred, target, mask, norm_pix_loss=True):
     """The mean squared error of the predicted pixels of the masked patches;

@@ -149,6 +149,20 @@ def test_a_page_shows_the_reference_with_a_line_saying_what_it_was(data, folder,
     assert len(plt.gcf().axes) == 2
 
 
+def test_runs_trained_in_one_cell_say_that_their_time_is_shared(data, folder, monkeypatch,
+                                                                capsys):
+    monkeypatch.setenv('D2L_VIT_RECORD', str(folder))
+    models = {name: torch_vit(seed=0) for name in ('fine-tuned', 'from scratch')}
+    for model in models.values():
+        model.board = Board()
+    torch_lib.compare_with_reference('page', models, data, FULL)
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith(('fine-tuned: Reference run', 'from scratch: Reference run'))]
+    assert len(lines) == 2 and all(' min (with 1 other run) on ' in line for line in lines)
+    assert reference_runs.read_record('page', 'from scratch', 'pytorch')['timed_with'] == [
+        'fine-tuned']
+
+
 def test_a_full_run_is_recorded_with_its_parameters_and_both_tabs_load_them(
         data, folder, monkeypatch, capsys):
     monkeypatch.setenv('D2L_VIT_RECORD', str(folder))
@@ -218,7 +232,9 @@ def test_every_committed_record_is_valid_and_its_parameters_load():
         record = json.loads(path.read_text())
         reference_runs.validate(record, str(path))
         assert path == reference_runs.record_path(record['page'], record['name'], record['framework'])
-        assert not record['training']['quick'] and record['dataset']['name'] == 'Fashion-MNIST'
+        # real data only: the UCI digits are the fine-tuning page's own task, not a stand-in
+        assert not record['training']['quick']
+        assert record['dataset']['name'] in ('Fashion-MNIST', 'CIFAR-10', 'UCI digits'), path
         assert not record['commit'].endswith('-dirty'), f'{path} was recorded from uncommitted code'
     for path in sorted(reference_runs.FOLDER.glob('*.npz')):
         assert path.with_suffix('.json') in records, f'{path} has no record'

@@ -132,9 +132,11 @@ _started = {'commit': commit() if os.environ.get(RECORD_ENV_VAR, '').strip() els
 
 
 def make_record(page, name, framework, model_hparams, data, run, history,
-                **training):
+                timed_with=(), **training):
     """A record of one finished run. ``data`` is the chapter's data module
-    (its hparams and arrays give the dataset), ``run`` the RunSize."""
+    (its hparams and arrays give the dataset), ``run`` the RunSize;
+    ``timed_with`` names the other runs that its wall time includes (those
+    trained in the same cell)."""
     arrays = data.arrays
     hparams = {k: v for k, v in data.hparams.items() if k != 'root'}
     return {
@@ -148,6 +150,7 @@ def make_record(page, name, framework, model_hparams, data, run, history,
         'history': history,
         'final_val_acc': float(history['val_acc'][-1]),
         'wall_time_s': round(time.monotonic() - _clock['start'], 1),
+        **({'timed_with': sorted(timed_with)} if timed_with else {}),
         'hardware': hardware(), 'versions': versions(framework),
         'commit': _started['commit'] or commit(),
         'recorded': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -222,11 +225,13 @@ def describe(record):
     data, hw = record['dataset'], record['hardware']
     where = hw['gpu'] or f'{hw["cores"]} CPU cores ({hw["cpu"]})'
     framework = {'pytorch': 'PyTorch', 'jax': 'JAX'}[record['framework']]
+    together = len(record.get('timed_with', ()))
+    together = f' (with {together} other run{"s" * (together > 1)})' if together else ''
     return (f'Reference run ({framework}, {record["recorded"][:10]}, commit '
             f'{record["commit"][:7]}): {len(record["history"]["epoch"])} epochs on '
             f'{data["num_train"]:,} {data["name"]} training images, validated on '
-            f'{data["num_val"]:,}, in {record["wall_time_s"] / 60:.0f} min on {where}; '
-            f'validation accuracy {record["final_val_acc"]:.3f}.')
+            f'{data["num_val"]:,}, in {record["wall_time_s"] / 60:.0f} min{together} '
+            f'on {where}; validation accuracy {record["final_val_acc"]:.3f}.')
 
 
 class HistoryBoard:
@@ -344,7 +349,8 @@ def compare(page, framework, runs, run):
     if folder is not None:
         for name, (board, hparams, data, settings, flat) in runs.items():
             record = make_record(page, name, framework, hparams, data, run,
-                                 history_from_board(board))
+                                 history_from_board(board),
+                                 timed_with=[other for other in runs if other != name])
             path = write_record(record, folder)
             if flat is not None:
                 save_parameters(parameters_path(page, name, framework, folder), flat, settings)
