@@ -1771,7 +1771,9 @@ def replicate(tree, mesh):
 class DataParallelTrainer(d2l.Trainer):
     """d2l's Trainer on every device of `mesh`: each minibatch split over
     the mesh's `data` axis, the parameters and optimizer state replicated;
-    the jitted training step is the Trainer's own.
+    the jitted training step is the Trainer's own. Each device takes an
+    equal share: the last minibatch of an epoch loses the examples that
+    do not divide evenly.
 
     Defined in :numref:`sec_vit-distributed`"""
     def __init__(self, max_epochs, mesh, gradient_clip_val=0):
@@ -1779,7 +1781,8 @@ class DataParallelTrainer(d2l.Trainer):
         self.mesh = mesh
 
     def prepare_batch(self, batch):
-        return shard_batch(batch, self.mesh)
+        n = len(batch[0]) - len(batch[0]) % self.mesh.shape['data']
+        return shard_batch(tuple(a[:n] for a in batch), self.mesh)
 
     def init_state(self, model, key, batch=None):
         return replicate(super().init_state(model, key, batch), self.mesh)
