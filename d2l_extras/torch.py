@@ -1662,12 +1662,14 @@ def fold_normalization(model, mean=0.5, std=0.5):
     return model
 
 def init_distributed():
-    """Join the process group of the processes that torchrun started: gloo
-    between CPUs, NCCL between GPUs, one GPU per process. Returns this
+    """Join the process group of the processes that torchrun started: NCCL
+    between GPUs, one GPU per process, where this machine has a GPU for
+    each of its processes, else gloo between CPU processes. Returns this
     process's rank, the number of processes and this process's device.
 
     Defined in :numref:`sec_vit-distributed`"""
-    if torch.cuda.is_available():
+    local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+    if torch.cuda.device_count() >= local_processes:
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
         torch.cuda.set_device(device)
         backend = 'nccl'
