@@ -1720,19 +1720,25 @@ def torchrun(script, nproc_per_node, *args, timeout=None):
     """Run `script` in `nproc_per_node` processes on this machine, as the
     command `torchrun --standalone --nproc_per_node=N script args` does,
     with the CPU's cores shared among them; return what they printed.
+    After `timeout` seconds, all of them are stopped.
 
     Defined in :numref:`sec_vit-distributed`"""
     threads = max(1, (os.cpu_count() or 1) // nproc_per_node)
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
                f'--nproc_per_node={nproc_per_node}', str(script),
                *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True,
-                            timeout=timeout,
-                            env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-    if result.returncode != 0:
-        raise RuntimeError(f'{" ".join(command[2:])} failed:\n'
-                           + result.stderr[-3000:])
-    return result.stdout
+    with subprocess.Popen(command, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=dict(
+                              os.environ, OMP_NUM_THREADS=str(threads))) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.terminate()  # torchrun stops its processes, then itself
+            p.communicate(timeout=60)
+            raise
+    if p.returncode != 0:
+        raise RuntimeError(f'{" ".join(command[2:])} failed:\n' + err[-3000:])
+    return out
 
 def local_bytes(tensors):
     """The bytes of `tensors` that this process holds: its own share of a

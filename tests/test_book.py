@@ -144,7 +144,9 @@ EXERCISES = {
          'ViT-B/16: 86,567,656 parameters',
          '2 device(s): parameters 165.1 MiB, gradients 165.1 MiB, AdamW 330.2 MiB'],
         {'eval': ['process 0 vs process 1: 0.0e+00',
-                  '1 process(es) on cpu, 2 thread(s) each', '2 process(es) on cpu, 1 thread(s) each',
+                  # one process and two, the cores shared among them
+                  re.compile(r'1 process\(es\) on cpu, \d+ thread\(s\) each, 128 examples'),
+                  re.compile(r'2 process\(es\) on cpu, \d+ thread\(s\) each, 64 examples'),
                   # FSDP2 halves everything: measured as computed
                   '86,420,200 parameters, 2 processes',
                   'process 0: parameters 164.8 MiB, gradients 164.8 MiB, AdamW 329.7 MiB',
