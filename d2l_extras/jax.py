@@ -8,6 +8,7 @@ written by hand; the part below is the chapter's ``#@save`` code, written by
 """
 import dataclasses
 import math
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -1753,3 +1754,87 @@ def fold_normalization(params, mean=0.5, std=0.5):
     bias = conv['bias'] - (kernel * mean).sum(axis=(0, 1, 2))
     return dict(params, patch_embedding={'conv': {'kernel': kernel,
                                                   'bias': bias}})
+
+def shard_batch(batch, mesh, axis='data'):
+    """Split every array of a minibatch along its first axis over the mesh
+    axis `axis` (the minibatch a multiple of that axis's devices): each
+    device gets its own consecutive share of the examples.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    return jax.device_put(tuple(batch), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(axis)))
+
+def replicate(tree, mesh):
+    """Every array of `tree` (parameters, a train state), whole on every
+    device of `mesh`.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    return jax.device_put(tree, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+
+class DataParallelTrainer(d2l.Trainer):
+    """d2l's Trainer on every device of `mesh`: each minibatch split over
+    the mesh's `data` axis, the parameters and optimizer state replicated;
+    the jitted training step is the Trainer's own. Each device takes an
+    equal share: the last minibatch of an epoch loses the examples that
+    do not divide evenly.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    def __init__(self, max_epochs, mesh, gradient_clip_val=0):
+        super().__init__(max_epochs, gradient_clip_val=gradient_clip_val)
+        self.mesh = mesh
+
+    def prepare_batch(self, batch):
+        n = len(batch[0]) - len(batch[0]) % self.mesh.shape['data']
+        return shard_batch(tuple(a[:n] for a in batch), self.mesh)
+
+    def init_state(self, model, key, batch=None):
+        return replicate(super().init_state(model, key, batch), self.mesh)
+
+def collectives(compiled):
+    """The communication operations of a compiled XLA program, as
+    (operation, number of arrays it communicates, the model operation it
+    comes from) triples, read from the program's text.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    found = []
+    for line in compiled.as_text().splitlines():
+        match = re.search(r'= (.*) (all-reduce|all-gather|reduce-scatter|'
+                          r'all-to-all|collective-permute)(-start)?\(', line)
+        if match:
+            arrays = len(re.findall(r'\w+\[[\d,]*\]', match[1]))
+            origin = re.search(r'op_name="([^":]*)', line)
+            found.append((match[2], arrays, origin[1] if origin else ''))
+    return found
+
+def examples_per_second(step, state, batch, num_steps=3):
+    """Time `num_steps` calls of a jitted training step on one minibatch,
+    after a first call that compiles it; returns the examples per second
+    and the final state.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    start = time.time()
+    for _ in range(num_steps):
+        state, _ = step(state, batch)
+    jax.block_until_ready(state)  # JAX computes asynchronously
+    return num_steps * len(batch[-1]) / (time.time() - start), state
+
+def mlp_tensor_parallel(params, axis='model'):
+    """PartitionSpecs for a ViT's parameters with tensor parallelism in the
+    MLP of every block: the first layer's kernel and bias split by columns
+    over the mesh axis `axis`, the second layer's kernel by rows, every
+    other parameter replicated.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    P = jax.sharding.PartitionSpec
+
+    def spec(path, leaf):
+        names = [getattr(key, 'key', None) for key in path]
+        if 'mlp' not in names:
+            return P()
+        if 'dense1' in names:
+            return P(None, axis) if names[-1] == 'kernel' else P(axis)
+        return P(axis, None) if names[-1] == 'kernel' else P()
+    return jax.tree_util.tree_map_with_path(spec, params)

@@ -7,6 +7,8 @@ WARNING marker is written by hand; the part below is the chapter's ``#@save``
 code, written by ``d2lbook build lib``.
 """
 import math
+import os
+import subprocess
 import sys
 import time
 
@@ -1657,3 +1659,93 @@ def fold_normalization(model, mean=0.5, std=0.5):
         conv.weight /= std
         conv.bias -= (conv.weight * mean).sum(dim=(1, 2, 3))
     return model
+
+def init_distributed():
+    """Join the process group of the processes that torchrun started: NCCL
+    between GPUs, one GPU per process, where this machine has a GPU for
+    each of its processes, else gloo between CPU processes. Returns this
+    process's rank, the number of processes and this process's device.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+    if torch.cuda.device_count() >= local_processes:
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        torch.cuda.set_device(device)
+        backend = 'nccl'
+    else:
+        device, backend = torch.device('cpu'), 'gloo'
+    torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank(),
+            torch.distributed.get_world_size(), device)
+
+def distributed_dataloader(data, rank, world_size, seed=0):
+    """The training minibatches of process `rank` of `world_size`, of
+    `data.batch_size` examples each: a DistributedSampler deals every
+    process its own share of each epoch's shuffled examples (call
+    `loader.sampler.set_epoch(epoch)` before each epoch).
+
+    Defined in :numref:`sec_vit-distributed`"""
+    images, labels = (torch.from_numpy(np.asarray(a)) for a in data.train)
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)
+    # The data module's own resizing and scaling, minibatch by minibatch
+    transform = data.get_dataloader(train=True).transform
+
+    def collate(examples):
+        X, y = zip(*examples)
+        return transform(torch.stack(X).numpy(), torch.stack(y).numpy())
+    return torch.utils.data.DataLoader(dataset, data.batch_size,
+                                       sampler=sampler, collate_fn=collate,
+                                       drop_last=True)
+
+def train_minibatch(model, optimizer, X, y, gradient_clip_val=0):
+    """One step of a d2l model, or of a DDP or FSDP model wrapping one: the
+    mean loss over the minibatch, its gradient, clipping, an update.
+    Returns the loss.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    module = getattr(model, 'module', model)  # DDP keeps the model there
+    module.train()
+    loss = module.loss(model(X), y)
+    optimizer.zero_grad()
+    loss.backward()  # DDP all-reduces the gradients here
+    if gradient_clip_val > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)
+    optimizer.step()
+    return loss.detach()
+
+def torchrun(script, nproc_per_node, *args, timeout=None):
+    """Run `script` in `nproc_per_node` processes on this machine, as the
+    command `torchrun --standalone --nproc_per_node=N script args` does,
+    with the CPU's cores shared among them; return what they printed.
+    After `timeout` seconds, all of them are stopped.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    threads = max(1, (os.cpu_count() or 1) // nproc_per_node)
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+               f'--nproc_per_node={nproc_per_node}', str(script),
+               *map(str, args)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=dict(
+                              os.environ, OMP_NUM_THREADS=str(threads))) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.terminate()  # torchrun stops its processes, then itself
+            p.communicate(timeout=60)
+            raise
+    if p.returncode != 0:
+        raise RuntimeError(f'{" ".join(command[2:])} failed:\n' + err[-3000:])
+    return out
+
+def local_bytes(tensors):
+    """The bytes of `tensors` that this process holds: its own share of a
+    sharded DTensor, all of any other tensor.
+
+    Defined in :numref:`sec_vit-distributed`"""
+    total = 0
+    for t in tensors:
+        t = t.to_local() if hasattr(t, 'to_local') else t
+        total += t.numel() * t.element_size()
+    return total

@@ -136,6 +136,27 @@ EXERCISES = {
          re.compile(r'from scratch on UCI digits\s+0\.\d{3}')],
         {'eval': ['cannot convert a timm VisionTransformer with init_values (LayerScale)'],
          'eval_jax': ["cannot load 'pre_logits/kernel' into the chapter's ViT"]}),
+    'chapter_vit/distributed': (
+        # data parallelism takes the step of one device with the whole minibatch
+        ['Quick mode: 1 of 10 epochs on at most 1024 training and 256 validation',
+         re.compile(r'vs 128 (in|on) one: largest difference '
+                    r'(\d\.\de-(0[6-9]|[1-9]\d)|0\.0e\+00)'),
+         'ViT-B/16: 86,567,656 parameters',
+         '2 device(s): parameters 165.1 MiB, gradients 165.1 MiB, AdamW 330.2 MiB'],
+        {'eval': ['process 0 vs process 1: 0.0e+00',
+                  # one process and two, the cores shared among them
+                  re.compile(r'1 process\(es\) on cpu, \d+ thread\(s\) each, 128 examples'),
+                  re.compile(r'2 process\(es\) on cpu, \d+ thread\(s\) each, 64 examples'),
+                  # FSDP2 halves everything: measured as computed
+                  '86,420,200 parameters, 2 processes',
+                  'process 0: parameters 164.8 MiB, gradients 164.8 MiB, AdamW 329.7 MiB',
+                  'computed for 2 devices: 164.8 MiB, 164.8 MiB, 329.7 MiB'],
+         'eval_jax': [re.compile(r'all-reduce of \d+ arrays, from jit\(train_step\)'),
+                      re.compile(r'tensor-parallel vs replicated logits: largest difference '
+                                 r'\d\.\de-(0[5-9]|[1-9]\d)'),
+                      'all-reduce of 1 array, from jit(<lambda>)/ViT/blks_0/mlp/dense2/dot_general',
+                      'all-reduce of 1 array, from jit(<lambda>)/ViT/blks_1/mlp/dense2/dot_general',
+                      '1 device: ', '2 devices: ']}),
 }
 
 
