@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import optax
 from flax import linen as nn
+from flax import nnx
 from jax import numpy as jnp
 
 from d2l_extras.checks import (check_image_batch, check_position_grid, check_posemb,
@@ -231,6 +232,15 @@ class ViTMLP(nn.Module):
                           deterministic=not training)
         return self.dropout2(self.dense2(x), deterministic=not training)
 
+def xavier_uniform_qkv(key, shape, dtype=jnp.float32):
+    """Xavier-uniform for a (d, 3d) kernel that stacks Q, K and V: each of
+    the three (d, d) matrices is initialized as if it were alone.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    xavier = nn.initializers.variance_scaling(
+        1.0, 'fan_avg', 'uniform', in_axis=0, out_axis=2, batch_axis=1)
+    return xavier(key, (shape[0], 3, shape[1] // 3), dtype).reshape(shape)
+
 class ViTAttention(nn.Module):
     """Multi-head self-attention; one linear layer makes Q, K and V.
 
@@ -245,13 +255,8 @@ class ViTAttention(nn.Module):
             raise ValueError(f'num_hiddens={self.num_hiddens} is not '
                              f'divisible by num_heads={self.num_heads}: '
                              'every head needs the same width')
-        # Xavier on each of the three (d, d) matrices that qkv stacks
-        xavier = nn.initializers.variance_scaling(
-            1.0, 'fan_avg', 'uniform', in_axis=0, out_axis=2, batch_axis=1)
-        qkv_init = lambda key, shape, dtype=jnp.float32: xavier(
-            key, (shape[0], 3, shape[1] // 3), dtype).reshape(shape)
         self.qkv = nn.Dense(3 * self.num_hiddens, use_bias=self.qkv_bias,
-                            kernel_init=qkv_init)
+                            kernel_init=xavier_uniform_qkv)
         self.attention_dropout = nn.Dropout(self.dropout)
         self.proj = nn.Dense(self.num_hiddens,
                              kernel_init=nn.initializers.xavier_uniform())
@@ -298,6 +303,63 @@ class ViTBlock(nn.Module):
         X = X + Y
         X = X + self.mlp(self.ln2(X), training=training)
         return (X, weights) if return_weights else X
+
+class NNXViTMLP(nnx.Module):
+    """ViTMLP in Flax NNX.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, num_inputs, mlp_num_hiddens, mlp_num_outputs,
+                 dropout=0.5, *, rngs):
+        init = nnx.initializers.xavier_uniform()
+        self.dense1 = nnx.Linear(num_inputs, mlp_num_hiddens,
+                                 kernel_init=init, rngs=rngs)
+        self.dense2 = nnx.Linear(mlp_num_hiddens, mlp_num_outputs,
+                                 kernel_init=init, rngs=rngs)
+        self.dropout1 = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout2 = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.dropout1(nnx.gelu(self.dense1(x), approximate=False))
+        return self.dropout2(self.dense2(x))
+
+class NNXViTAttention(nnx.Module):
+    """ViTAttention in Flax NNX, step by step.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, num_hiddens, num_heads, dropout, qkv_bias=False, *,
+                 rngs):
+        self.num_heads = num_heads
+        self.qkv = nnx.Linear(num_hiddens, 3 * num_hiddens, use_bias=qkv_bias,
+                              kernel_init=xavier_uniform_qkv, rngs=rngs)
+        self.attention_dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.proj = nnx.Linear(num_hiddens, num_hiddens, rngs=rngs,
+                               kernel_init=nnx.initializers.xavier_uniform())
+
+    def __call__(self, X):
+        batch_size, num_steps, num_hiddens = X.shape
+        Q, K, V = self.qkv(X).reshape(batch_size, num_steps, 3, self.num_heads,
+                                      -1).transpose(2, 0, 1, 3, 4)
+        scores = jnp.einsum('bqhd,bkhd->bhqk', Q, K) / Q.shape[-1]**0.5
+        weights = self.attention_dropout(nnx.softmax(scores, axis=-1))
+        H = jnp.einsum('bhqk,bkhd->bqhd', weights, V)
+        return self.proj(H.reshape(batch_size, num_steps, num_hiddens))
+
+class NNXViTBlock(nnx.Module):
+    """ViTBlock in Flax NNX: the module holds its parameters.
+
+    Defined in :numref:`sec_vision-transformer`"""
+    def __init__(self, num_hiddens, mlp_num_hiddens, num_heads, dropout,
+                 use_bias=False, *, rngs):
+        self.ln1 = nnx.LayerNorm(num_hiddens, epsilon=1e-6, rngs=rngs)
+        self.attention = NNXViTAttention(num_hiddens, num_heads, dropout,
+                                         qkv_bias=use_bias, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(num_hiddens, epsilon=1e-6, rngs=rngs)
+        self.mlp = NNXViTMLP(num_hiddens, mlp_num_hiddens, num_hiddens,
+                             dropout, rngs=rngs)
+
+    def __call__(self, X):
+        X = X + self.attention(self.ln1(X))
+        return X + self.mlp(self.ln2(X))
 
 class ViT(d2l.Classifier):
     """Vision Transformer.
