@@ -1,138 +1,82 @@
-"""The Colab notebooks run top to bottom as Colab would run them.
+"""Every page's Colab notebook runs top to bottom as Colab runs it today.
 
-Colab comes with torch, jax, flax, optax, numpy and matplotlib, but not with
-this chapter's library d2l_extras, nor with d2l: the notebook's first cell must
-install them. So the section's generated Colab notebook of each framework (from
-the `book` fixture) runs in a fresh virtual environment that sees this
-environment's packages (standing in for Colab's, and sparing CI a second
-install) except d2l and d2l_extras, with its install cell pointed at a copy of
-this checkout instead of the repository address, offline and in quick mode.
+Colab runs Python 3.13 with the packages of COLAB_VERSIONS preinstalled (its
+published package list), but neither this chapter's library d2l_extras nor
+d2l: each notebook's first cell installs them. So, for each tab, a fresh
+virtual environment gets Python 3.13 (where the machine has it, found on PATH
+or through pyenv; else this Python, and the test says so) and exactly those
+versions, and every Colab notebook of the book build runs in it, offline and
+in quick mode, each in an empty folder of its own, the section first. Every
+install cell of a tab is the same line: the first notebook's installs
+d2l_extras (and d2l) into a venv that could not import them, pointed at a wheel
+of this checkout instead of the repository's tag, and the later ones find them
+installed. The two tabs run at the same time, one kernel each, and the JAX
+notebooks share a compilation cache, as in the book build.
 """
+import ast
+import concurrent.futures
+import configparser
 import dataclasses
 import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
-import sysconfig
+import time
+import tomllib
+import warnings
 
 import pytest
 
 from d2l_extras.run import reference_runs
 
-from conftest import copy_sources
+from conftest import ROOT, copy_sources
 
-SECTION = 'chapter_vit/vision-transformer'
-# What each framework's notebook must install itself, by module name.
-INSTALLS = {'colab': ['d2l_extras', 'd2l'], 'colab_jax': ['d2l_extras']}
-COLAB_HAS = 'torch, jax, flax, optax, numpy, matplotlib'
+COLAB_PYTHON = (3, 13)
+# What Colab preinstalls that the notebooks use (August 2026); d2l needs
+# pandas and requests, and the PyTorch fine-tuning page timm.
+COMMON = ['numpy==2.1.3', 'scikit-learn==1.6.1', 'matplotlib', 'pillow', 'ipykernel']
+COLAB_VERSIONS = {
+    'pytorch': COMMON + ['torch==2.11.0', 'torchvision==0.26.0', 'timm==1.0.28', 'safetensors',
+                         'pandas', 'requests', 'scipy'],
+    'jax': COMMON + ['jax==0.7.2', 'jaxlib==0.7.2', 'flax==0.11.2', 'optax==0.2.8'],
+}
+BUILD_FOLDER = {'pytorch': 'colab', 'jax': 'colab_jax'}
+# What each tab's notebook must install itself, as pip names and module names.
+INSTALLS = {'pytorch': {'d2l-extras': 'd2l_extras', 'd2l': 'd2l'},
+            'jax': {'d2l-extras': 'd2l_extras'}}
 REPOSITORY = re.compile(r'git\+https://[^\s"\']+')
-# Left out of the fresh venv's view of this one: the project's d2l and its
-# editable d2l_extras (and the .pth files, which put such things on the path).
-NOT_PREINSTALLED = re.compile(r'^(d2l|d2l_extras)([-.].*)?$|^__editable__|\.pth$')
-NOTEBOOK_TIMEOUT_S = 1200  # a safety net only: both notebooks at once on a busy 2-core machine
+SECTION = 'vision-transformer'
+NOTEBOOK_TIMEOUT_S = 1200  # a safety net only: one page on a busy 2-core machine
 
 
-@dataclasses.dataclass
-class Run:
-    venv: pathlib.Path
-    preinstalled: list  # what the fresh venv could import of INSTALLS before the install cell
-    returncode: int
-    log: str  # nbconvert's output: the failing cell's traceback, if one failed
-    notebook: dict  # the executed notebook (saved in the book's build/colab_run/)
+def python_candidates():
+    major, minor = COLAB_PYTHON
+    yield shutil.which(f'python{major}.{minor}')
+    pyenv = shutil.which('pyenv')
+    if pyenv:  # pyenv installs that are not on PATH
+        root = subprocess.run([pyenv, 'root'], capture_output=True, text=True).stdout.strip()
+        versions = subprocess.run([pyenv, 'versions', '--bare'], capture_output=True,
+                                  text=True).stdout.split()
+        for version in versions:
+            if version.startswith(f'{major}.{minor}.'):
+                yield os.path.join(root, 'versions', version, 'bin', 'python')
 
 
-def colab_like_venv(folder):
-    """A fresh venv whose site-packages is empty but for a .pth file naming a
-    folder of links to this environment's packages, less NOT_PREINSTALLED."""
-    site_packages = pathlib.Path(sysconfig.get_paths()['purelib'])
-    preinstalled = folder / 'preinstalled'
-    preinstalled.mkdir()
-    for entry in sorted(site_packages.iterdir()):
-        if not NOT_PREINSTALLED.search(entry.name):
-            (preinstalled / entry.name).symlink_to(entry)
-    venv = folder / 'venv'
-    # From the base interpreter: a venv made by this venv's python would still
-    # see this venv's packages, d2l included.
-    subprocess.run([sys._base_executable, '-m', 'venv', str(venv)], check=True)
-    python = str(venv / 'bin' / 'python')
-    own = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    (pathlib.Path(own) / 'colab_preinstalled.pth').write_text(f'{preinstalled}\n')
-    # A Jupyter kernel that is this venv's IPython, as Colab's is its own.
-    subprocess.run([python, '-m', 'ipykernel', 'install', '--prefix', str(folder / 'jupyter'),
-                    '--name', 'colab'], check=True, capture_output=True)
-    return venv
+def colab_python():
+    probe = f'import sys; assert sys.version_info[:2] == {COLAB_PYTHON}'
+    for candidate in python_candidates():
+        if candidate and subprocess.run([candidate, '-c', probe], capture_output=True).returncode == 0:
+            return candidate
+    warnings.warn(f'no Python {COLAB_PYTHON[0]}.{COLAB_PYTHON[1]} on this machine: the Colab '
+                  f'notebooks run on Python {sys.version.split()[0]} with Colab\'s packages')
+    return sys._base_executable
 
 
-def importable(venv, modules):
-    probe = (f'import {COLAB_HAS}\n'
-             'import importlib.util\n'
-             f'print(*[m for m in {modules!r} if importlib.util.find_spec(m)])')
-    # Not from the checkout: `python -c` puts its working directory on the path,
-    # and the checkout's own d2l_extras/ would look preinstalled
-    result = subprocess.run([str(venv / 'bin' / 'python'), '-c', probe], cwd=venv,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, f'the fresh venv lacks what Colab has:\n{result.stderr[-2000:]}'
-    return result.stdout.split()
-
-
-def colab_notebook(book, folder, checkout, imports):
-    nb = json.loads((book / 'build' / folder / f'{SECTION}.ipynb').read_text())
-    install = next(cell for cell in nb['cells'] if cell['cell_type'] == 'code')
-    source = ''.join(install['source'])
-    assert REPOSITORY.search(source), f'no repository address in the install cell of {folder}:\n{source}'
-    install['source'] = REPOSITORY.sub(checkout.as_uri(), source)
-    # One cell more at the end: where the installed modules came from.
-    nb['cells'].append({'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
-                        'source': 'import importlib\n' + ''.join(
-                            f'print({m!r}, importlib.import_module({m!r}).__file__)\n' for m in imports)})
-    return nb
-
-
-@pytest.fixture(scope='module')
-def colab_runs(book, tmp_path_factory, jax_cache):
-    """Both notebooks, run at the same time (one kernel each), as nbconvert runs
-    them: the two runs overlap their installs and share CI's two cores."""
-    prepared = {}
-    for folder, imports in INSTALLS.items():
-        # One copy each, as each Colab clones its own: pip builds the package
-        # inside the source folder, and two builds there at once can lose files
-        checkout = copy_sources(tmp_path_factory.mktemp(f'checkout_{folder}'))
-        work = tmp_path_factory.mktemp(folder)
-        venv = colab_like_venv(work)
-        notebook = work / 'run' / 'notebook.ipynb'
-        notebook.parent.mkdir()
-        notebook.write_text(json.dumps(colab_notebook(book, folder, checkout, imports)))
-        env = {key: value for key, value in os.environ.items() if key not in ('PYTHONPATH', 'VIRTUAL_ENV')}
-        env.update(D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1', D2L_VIT_DATA=str(work / 'data'),
-                   JUPYTER_PATH=str(work / 'jupyter' / 'share' / 'jupyter'),
-                   # `!pip` in a cell is the pip the shell finds first, as on Colab: the venv's.
-                   PATH=f'{venv / "bin"}{os.pathsep}{os.environ["PATH"]}',
-                   # The book build compiled the section's JAX steps already.
-                   JAX_COMPILATION_CACHE_DIR=str(jax_cache))
-        prepared[folder] = (venv, importable(venv, imports), notebook, env)
-    processes = {}
-    try:
-        for folder, (_, _, notebook, env) in prepared.items():
-            processes[folder] = subprocess.Popen(
-                [sys.executable, '-m', 'nbconvert', '--to', 'notebook', '--execute', '--inplace',
-                 '--ExecutePreprocessor.kernel_name=colab', '--ExecutePreprocessor.timeout=-1', str(notebook)],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        logs = {folder: process.communicate(timeout=NOTEBOOK_TIMEOUT_S)[0] for folder, process in processes.items()}
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-    runs = {}
-    for folder, (venv, preinstalled, notebook, _) in prepared.items():
-        executed = json.loads(notebook.read_text())
-        saved = book / 'build' / 'colab_run' / folder / f'{SECTION}.ipynb'
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(executed, indent=1))
-        runs[folder] = Run(venv, preinstalled, processes[folder].returncode, logs[folder], executed)
-    return runs
+def code_cells(notebook):
+    return [cell for cell in notebook['cells'] if cell['cell_type'] == 'code']
 
 
 def text(cell):
@@ -140,22 +84,203 @@ def text(cell):
                    for out in cell.get('outputs', []))
 
 
-@pytest.mark.parametrize('folder', sorted(INSTALLS))
-def test_the_colab_notebook_installs_what_it_needs_and_runs(colab_runs, folder):
-    run = colab_runs[folder]
-    assert run.preinstalled == [], f'importable before the install cell: {run.preinstalled}'
-    assert run.returncode == 0, f'the {folder} notebook failed:\n{run.log[-6000:]}'
-    cells = [cell for cell in run.notebook['cells'] if cell['cell_type'] == 'code']
-    install = text(cells[0])
-    assert 'Successfully installed' in install and 'd2l-extras' in install, install[-2000:]
-    everything = '\n'.join(map(text, cells))
+def colab_venv(python, folder, tab):
+    """A fresh venv with Colab's versions of what the tab uses, and a Jupyter
+    kernel that is this venv's IPython, as Colab's is its own."""
+    venv = folder / 'venv'
+    subprocess.run([python, '-m', 'venv', str(venv)], check=True)
+    pip = [str(venv / 'bin' / 'python'), '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check']
+    result = subprocess.run(pip + COLAB_VERSIONS[tab], capture_output=True, text=True)
+    assert result.returncode == 0, f'Colab\'s {tab} versions do not install:\n{result.stderr[-3000:]}'
+    subprocess.run([str(venv / 'bin' / 'python'), '-m', 'ipykernel', 'install', '--prefix',
+                    str(folder / 'jupyter'), '--name', 'colab'], check=True, capture_output=True)
+    return venv
+
+
+def importable(venv, modules):
+    """Which of `modules` the venv imports, from a folder outside the checkout."""
+    probe = f'import importlib.util; print(*[m for m in {modules!r} if importlib.util.find_spec(m)])'
+    result = subprocess.run([str(venv / 'bin' / 'python'), '-c', probe], cwd=venv,
+                            capture_output=True, text=True, check=True)
+    return result.stdout.split()
+
+
+@dataclasses.dataclass
+class Run:
+    returncode: int
+    seconds: float
+    log: str  # nbconvert's output: the failing cell's traceback, if one failed
+    notebook: dict  # the executed notebook (also saved in the book's build/colab_run/)
+
+
+def prepare(notebook, wheel):
+    """The notebook with its install cell pointed at the wheel, and one cell
+    more at the end: the versions it ran with and where the library came from."""
+    install = code_cells(notebook)[0]
+    source = ''.join(install['source'])
+    assert REPOSITORY.search(source), f'no repository address in the install cell:\n{source}'
+    install['source'] = REPOSITORY.sub(wheel.as_uri(), source)
+    notebook['cells'].append({
+        'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
+        'source': ('import importlib.metadata, sys, d2l_extras\n'
+                   "print('python', sys.version.split()[0])\n"
+                   "print('d2l_extras', d2l_extras.__file__)\n"
+                   'for name in ("numpy", "torch", "jax", "flax", "optax"):\n'
+                   '    try:\n'
+                   '        print(name, importlib.metadata.version(name))\n'
+                   '    except importlib.metadata.PackageNotFoundError:\n'
+                   '        pass\n')})
+    return notebook
+
+
+def run_tab(book, tab, venv, jupyter, wheel, work, data):
+    """Every notebook of the tab, one after another, each as a new session."""
+    env = {key: value for key, value in os.environ.items() if key not in ('PYTHONPATH', 'VIRTUAL_ENV')}
+    env.update(D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1', D2L_VIT_DATA=str(data),
+               JUPYTER_PATH=str(jupyter / 'share' / 'jupyter'),
+               # `!pip` in a cell is the pip the shell finds first, as on Colab: the venv's.
+               PATH=f'{venv / "bin"}{os.pathsep}{os.environ["PATH"]}',
+               # Half of the cores each, as the book build gives the two tabs
+               OMP_NUM_THREADS=str(max((os.cpu_count() or 2) // 2, 1)))
+    if tab == 'jax':  # as the Makefile's book build
+        env.update(JAX_COMPILATION_CACHE_DIR=str(work / 'jax_cache'),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+        if not shutil.which('nvidia-smi'):  # XLA's -O2 on a CPU, quicker to compile
+            env['XLA_FLAGS'] = f'--xla_backend_optimization_level=2 {env.get("XLA_FLAGS", "")}'.strip()
+    runs = {}
+    for source in notebooks(book, tab):
+        name = source.stem
+        notebook = work / name / f'{name}.ipynb'
+        notebook.parent.mkdir()
+        notebook.write_text(json.dumps(prepare(json.loads(source.read_text()), wheel)))
+        start = time.perf_counter()
+        try:
+            result = subprocess.run(
+                [sys.executable, '-m', 'nbconvert', '--to', 'notebook', '--execute', '--inplace',
+                 '--ExecutePreprocessor.kernel_name=colab', '--ExecutePreprocessor.timeout=-1',
+                 str(notebook)], env=env, capture_output=True, text=True, timeout=NOTEBOOK_TIMEOUT_S)
+            returncode, log = result.returncode, result.stdout + result.stderr
+        except subprocess.TimeoutExpired as error:
+            returncode, log = 'timeout', f'no end after {NOTEBOOK_TIMEOUT_S} s: {error.output}'
+        executed = json.loads(notebook.read_text())
+        saved = book / 'build' / 'colab_run' / BUILD_FOLDER[tab] / 'chapter_vit' / notebook.name
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(executed, indent=1))
+        runs[name] = Run(returncode, time.perf_counter() - start, log, executed)
+    return runs
+
+
+def notebooks(book, tab):
+    """The tab's Colab notebooks with code, the section first."""
+    folder = book / 'build' / BUILD_FOLDER[tab] / 'chapter_vit'
+    found = [path for path in sorted(folder.glob('*.ipynb'))
+             if len(code_cells(json.loads(path.read_text()))) > 1]  # more than the install cell
+    return sorted(found, key=lambda path: path.stem != SECTION)
+
+
+def page_names():
+    return sorted(path.stem for path in (ROOT / 'chapter_vit').glob('*.md') if path.stem != 'index')
+
+
+@pytest.fixture(scope='module')
+def colab_runs(book, tmp_path_factory):
+    """Both tabs' notebooks, each tab in its own Colab-like venv, the two tabs
+    at the same time; their installs too, which are mostly downloads."""
+    checkout = copy_sources(tmp_path_factory.mktemp('checkout'))
+    wheels = tmp_path_factory.mktemp('wheel')
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--wheel-dir', str(wheels),
+                    str(checkout)], check=True, capture_output=True)
+    wheel = next(wheels.glob('d2l_extras-*.whl'))
+    python = colab_python()
+    data = tmp_path_factory.mktemp('data')
+    folders = {tab: tmp_path_factory.mktemp(f'colab_{tab}') for tab in COLAB_VERSIONS}
+
+    preinstalled = {}
+
+    def one_tab(tab):
+        venv = colab_venv(python, folders[tab], tab)
+        preinstalled[tab] = importable(venv, list(INSTALLS[tab].values()))
+        work = folders[tab] / 'sessions'
+        work.mkdir()
+        return run_tab(book, tab, venv, folders[tab] / 'jupyter', wheel, work, data)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = dict(zip(COLAB_VERSIONS, pool.map(one_tab, COLAB_VERSIONS)))
+    for tab, tab_runs in runs.items():
+        print(f'{tab} on Colab\'s versions:', ', '.join(f'{name} {run.seconds:.0f} s'
+                                                       for name, run in tab_runs.items()))
+    version = subprocess.run([python, '-c', 'import platform; print(platform.python_version())'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    return {**runs, 'python': version, 'preinstalled': preinstalled,
+            'venvs': {tab: str(folders[tab] / 'venv') for tab in folders}}
+
+
+def versions(run):
+    return dict(line.split(' ', 1) for line in text(code_cells(run.notebook)[-1]).strip().splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('tab', sorted(COLAB_VERSIONS))
+@pytest.mark.parametrize('page', page_names())
+def test_the_pages_colab_notebook_runs_with_colabs_versions(colab_runs, tab, page):
+    assert page in colab_runs[tab], f'no Colab notebook of {page} in the {tab} tab'
+    run = colab_runs[tab][page]
+    assert run.returncode == 0, f'{page} [{tab}] failed on Colab\'s versions:\n{run.log[-6000:]}'
+    cells = code_cells(run.notebook)
     assert 'error' not in [out['output_type'] for cell in cells for out in cell.get('outputs', [])]
+    assert 'd2l-extras' in text(cells[0]), text(cells[0])[-2000:]
+    found = versions(run)
+    assert found['python'] == colab_runs['python'], found
+    for requirement in COLAB_VERSIONS[tab]:
+        if '==' in requirement and requirement.split('==')[0] in found:
+            name, version = requirement.split('==')
+            assert found[name] == version, f'{name} {found[name]}, not Colab\'s {version}'
+    assert found['d2l_extras'].startswith(colab_runs['venvs'][tab]), \
+        f'd2l_extras came from {found["d2l_extras"]}, not from the install cell'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('tab', sorted(COLAB_VERSIONS))
+def test_the_first_install_cell_installs_what_colab_lacks(colab_runs, tab):
+    assert colab_runs['preinstalled'][tab] == [], \
+        f'importable before the install cell: {colab_runs["preinstalled"][tab]}'
+    install = text(code_cells(colab_runs[tab][SECTION].notebook)[0])
+    assert 'Successfully installed' in install, install[-2000:]
+    assert all(name in install for name in INSTALLS[tab]), install[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('tab', sorted(COLAB_VERSIONS))
+def test_the_sections_notebook_trains_and_shows_the_reference_run(colab_runs, tab):
+    everything = '\n'.join(map(text, code_cells(colab_runs[tab][SECTION].notebook)))
     assert 'Quick mode: 2 of 10 epochs' in everything
     assert 'validation accuracy' in everything
     # The reference runs are package data: the installed package shows them
-    if reference_runs.read_record('vision-transformer', 'vit', 'pytorch'):
+    if reference_runs.read_record(SECTION, 'vit', 'pytorch'):
         assert 'Reference run (PyTorch, ' in everything
-    where = dict(line.split(' ', 1) for line in text(cells[-1]).strip().splitlines())
-    assert sorted(where) == sorted(INSTALLS[folder])
-    for module, path in where.items():
-        assert path.startswith(str(run.venv)), f'{module} came from {path}, not from the install cell'
+
+
+@pytest.mark.slow
+def test_the_nnx_block_computes_what_the_linen_block_computes_on_colabs_flax(colab_runs):
+    cells = code_cells(colab_runs['jax'][SECTION].notebook)
+    equivalence = next(cell for cell in cells if 'replace_by_pure_dict' in ''.join(cell['source']))
+    same_tree, difference = ast.literal_eval(text(equivalence).strip())
+    assert same_tree and difference < 1e-5, text(equivalence)
+
+
+def test_the_install_cell_installs_the_tag_of_this_release(book):
+    config = configparser.ConfigParser()
+    config.read(ROOT / 'config.ini')
+    release = config['project']['release']
+    version = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['version']
+    assert release == version, f'config.ini says release {release}, pyproject.toml version {version}'
+    assert config['colab']['library_tag'] == f'v{release}', \
+        f'[colab] library_tag is {config["colab"]["library_tag"]}: set it to v{release}'
+    for tab in BUILD_FOLDER:
+        # One line per tab, so that the notebooks that find it installed need no own run of it
+        lines = {''.join(code_cells(json.loads(path.read_text()))[0]['source']).strip()
+                 for path in notebooks(book, tab)}
+        assert len(lines) == 1, f'the {tab} notebooks install different things: {lines}'
+        install = lines.pop()
+        assert f'git+https://github.com/d2l-vit/d2l-vit@v{release}"' in install, install
+        assert all(name in install for name in INSTALLS[tab]), install
