@@ -113,7 +113,12 @@ class Run:
     notebook: dict  # the executed notebook (also saved in the book's build/colab_run/)
 
 
-def prepare(notebook, wheel):
+def pinned(tab):
+    """The packages of COLAB_VERSIONS[tab] with a version: {name: version}."""
+    return dict(requirement.split('==') for requirement in COLAB_VERSIONS[tab] if '==' in requirement)
+
+
+def prepare(notebook, wheel, tab):
     """The notebook with its install cell pointed at the wheel, and one cell
     more at the end: the versions it ran with and where the library came from."""
     install = code_cells(notebook)[0]
@@ -125,11 +130,8 @@ def prepare(notebook, wheel):
         'source': ('import importlib.metadata, sys, d2l_extras\n'
                    "print('python', sys.version.split()[0])\n"
                    "print('d2l_extras', d2l_extras.__file__)\n"
-                   'for name in ("numpy", "torch", "jax", "flax", "optax"):\n'
-                   '    try:\n'
-                   '        print(name, importlib.metadata.version(name))\n'
-                   '    except importlib.metadata.PackageNotFoundError:\n'
-                   '        pass\n')})
+                   f'for name in {sorted(pinned(tab))!r}:\n'
+                   '    print(name, importlib.metadata.version(name))\n')})
     return notebook
 
 
@@ -152,7 +154,7 @@ def run_tab(book, tab, venv, jupyter, wheel, work, data):
         name = source.stem
         notebook = work / name / f'{name}.ipynb'
         notebook.parent.mkdir()
-        notebook.write_text(json.dumps(prepare(json.loads(source.read_text()), wheel)))
+        notebook.write_text(json.dumps(prepare(json.loads(source.read_text()), wheel, tab)))
         start = time.perf_counter()
         try:
             result = subprocess.run(
@@ -231,10 +233,8 @@ def test_the_pages_colab_notebook_runs_with_colabs_versions(colab_runs, tab, pag
     assert 'd2l-extras' in text(cells[0]), text(cells[0])[-2000:]
     found = versions(run)
     assert found['python'] == colab_runs['python'], found
-    for requirement in COLAB_VERSIONS[tab]:
-        if '==' in requirement and requirement.split('==')[0] in found:
-            name, version = requirement.split('==')
-            assert found[name] == version, f'{name} {found[name]}, not Colab\'s {version}'
+    for name, version in pinned(tab).items():
+        assert found[name] == version, f'{name} {found[name]}, not Colab\'s {version}'
     assert found['d2l_extras'].startswith(colab_runs['venvs'][tab]), \
         f'd2l_extras came from {found["d2l_extras"]}, not from the install cell'
 
