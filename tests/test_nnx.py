@@ -46,14 +46,14 @@ def test_the_nnx_block_starts_with_the_linen_blocks_initialization():
     # 512 wide, so that each kernel's spread is measured to about 1%
     linen = d2l.ViTBlock(512, 2048, 8, 0.1).init(jax.random.key(0), jnp.ones((1, 5, 512)))['params']
     ours = nnx.to_pure_dict(nnx.state(d2l.NNXViTBlock(512, 2048, 8, 0.1, rngs=nnx.Rngs(1)), nnx.Param))
-    for path, expected in jax.tree_util.tree_flatten_with_path(linen)[0]:
-        actual = ours
-        for key in path:
-            actual = actual[key.key]
+
+    def same_scale(path, actual, expected):
         name = jax.tree_util.keystr(path)
         np.testing.assert_allclose(float(actual.std()), float(expected.std()), rtol=0.03, atol=1e-7,
                                    err_msg=name)
         np.testing.assert_allclose(float(actual.mean()), float(expected.mean()), atol=2e-3, err_msg=name)
+
+    jax.tree_util.tree_map_with_path(same_scale, ours, linen)  # also fails unless the trees match
     # Xavier on each (d, d) matrix that qkv stacks, not on the (d, 3d) whole
     assert float(ours['attention']['qkv']['kernel'].std()) == pytest.approx((1 / 512)**0.5, rel=0.03)
 
