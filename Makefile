@@ -118,7 +118,7 @@ test: system-deps venv js-deps
 # minutes, one process per core: for a change to the library or the tests. CI
 # runs `make test`. JAX keeps its compiled programs between runs, as the book
 # build does: most of the JAX tests' time is compiling.
-test-fast: venv
+test-fast: venv js-deps
 	JAX_COMPILATION_CACHE_DIR=$${JAX_COMPILATION_CACHE_DIR:-$(CURDIR)/build/jax_cache_tests} \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	$(PYTHON) -m pytest -m 'not book and not slow' -n auto
