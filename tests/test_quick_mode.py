@@ -1,5 +1,7 @@
 """The quick/full switch: one environment variable, one printed line; the
-offline switch reads the same words."""
+offline switch reads the same words; a smoke run, for tests, is shorter still."""
+import dataclasses
+
 import pytest
 
 from d2l_extras.data import download
@@ -78,3 +80,24 @@ def test_a_notebook_can_ask_for_fewer_quick_examples_but_not_more(monkeypatch, c
         quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=4096)
     with pytest.raises(ValueError, match='quick_num_val=0 is outside 1..512: .* never more'):
         quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_val=0)
+
+
+def test_a_smoke_run_trains_one_epoch_on_fewer_examples_than_any_quick_run(monkeypatch, capsys):
+    monkeypatch.setenv(quick_mode.SMOKE_ENV_VAR, '1')
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=True)
+    assert isinstance(size, quick_mode.SmokeRunSize)
+    assert (size.quick, size.max_epochs) == (True, 1)
+    # Saved parameters compare run sizes as dictionaries: a smoke run adds no key
+    assert dataclasses.asdict(size).keys() == dataclasses.asdict(quick_mode.RunSize(True, 1, 10)).keys()
+    assert (size.num_train, size.num_val) == (quick_mode.SMOKE_NUM_TRAIN, quick_mode.SMOKE_NUM_VAL)
+    assert capsys.readouterr().out.startswith('Smoke run: 1 of 10 epochs on at most ')
+    # A notebook's own smaller quick budget stays smaller
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=128)
+    assert (size.num_train, size.num_val) == (128, quick_mode.SMOKE_NUM_VAL)
+
+
+def test_a_smoke_run_with_the_full_settings_is_an_error(monkeypatch):
+    monkeypatch.setenv(quick_mode.SMOKE_ENV_VAR, '1')
+    monkeypatch.setenv(quick_mode.ENV_VAR, '0')
+    with pytest.raises(ValueError, match='D2L_VIT_SMOKE=1 .* D2L_VIT_QUICK=0 .* unset one'):
+        quick_mode.run_size(max_epochs=10, has_accelerator=False)

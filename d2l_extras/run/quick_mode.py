@@ -5,6 +5,11 @@ One switch, the environment variable ``D2L_VIT_QUICK``: ``1`` forces quick mode,
 no accelerator is found. Quick mode caps the number of epochs and of training and
 validation examples; the model and every other hyperparameter stay as the text
 says, so a quick run is the full run, only shorter.
+
+A second switch, ``D2L_VIT_SMOKE=1``, is for tests that check that every cell
+of a notebook runs (on other library versions, say), not what training
+reaches: one epoch on at most SMOKE_NUM_TRAIN training and SMOKE_NUM_VAL
+validation examples.
 """
 import dataclasses
 
@@ -15,6 +20,9 @@ ENV_VAR = 'D2L_VIT_QUICK'
 QUICK_MAX_EPOCHS = 2
 QUICK_NUM_TRAIN = 1024
 QUICK_NUM_VAL = 512
+SMOKE_ENV_VAR = 'D2L_VIT_SMOKE'
+SMOKE_NUM_TRAIN = 256
+SMOKE_NUM_VAL = 128
 
 
 def quick_mode_enabled(has_accelerator):
@@ -41,6 +49,18 @@ class RunSize:
                 'full settings).')
 
 
+@dataclasses.dataclass(frozen=True)
+class SmokeRunSize(RunSize):
+    """A quick run cut short by D2L_VIT_SMOKE. It has no fields of its own, so
+    that parameters saved with a RunSize's settings keep matching."""
+
+    def __str__(self):
+        return (f'Smoke run: {self.max_epochs} of {self.full_max_epochs} '
+                f'epochs on at most {self.num_train} training and '
+                f'{self.num_val} validation examples, to check that every '
+                f'cell runs (unset {SMOKE_ENV_VAR} for quick mode).')
+
+
 def run_size(max_epochs, has_accelerator, verbose=True,
              quick_max_epochs=QUICK_MAX_EPOCHS, quick_num_train=QUICK_NUM_TRAIN,
              quick_num_val=QUICK_NUM_VAL):
@@ -56,7 +76,13 @@ def run_size(max_epochs, has_accelerator, verbose=True,
         if not 0 < value <= limit:
             raise ValueError(f'{name}={value} is outside 1..{limit}: quick mode may '
                              'use fewer examples, never more')
-    if quick_mode_enabled(has_accelerator):
+    if env_switch(SMOKE_ENV_VAR, unset_means=False):
+        if not env_switch(ENV_VAR, unset_means=True):
+            raise ValueError(f'{SMOKE_ENV_VAR}=1 asks for a smoke run and {ENV_VAR}=0 '
+                             'for the full settings: unset one of them')
+        size = SmokeRunSize(True, 1, max_epochs, min(quick_num_train, SMOKE_NUM_TRAIN),
+                            min(quick_num_val, SMOKE_NUM_VAL))
+    elif quick_mode_enabled(has_accelerator):
         size = RunSize(True, min(max_epochs, quick_max_epochs), max_epochs,
                        quick_num_train, quick_num_val)
     else:
