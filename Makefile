@@ -82,19 +82,14 @@ lib:
 	$(PYTHON) tools/merge_saved_docstrings.py d2l_extras/torch.py d2l_extras/jax.py
 
 # Both tabs' notebooks are evaluated by one queue, two at a time on a machine
-# without a GPU, longest first (tools/eval_both_tabs.py); each PyTorch kernel
-# gets half of the cores, JAX keeps its compiled programs in build/jax_cache,
-# and on a CPU XLA compiles with -O2, which the quick runs favour. Why, with
-# the measurements: benchmarks/README.md, "Building the book".
-EVAL_XLA_FLAGS := $(if $(shell command -v nvidia-smi 2>/dev/null),,--xla_backend_optimization_level=2)
-EVAL_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
+# without a GPU, longest first (tools/eval_both_tabs.py), with the kernels'
+# environment of tools/kernel_env.py: each PyTorch kernel gets half of the
+# cores, JAX keeps its compiled programs in build/jax_cache, and on a CPU XLA
+# compiles with -O2, which the quick runs favour. Why, with the measurements:
+# benchmarks/README.md, "Building the book".
 eval: lib
 	@mkdir -p build; start=$$SECONDS; \
-	$(PYTHON) tools/eval_both_tabs.py \
-	  --env pytorch OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(EVAL_THREADS)} \
-	  --env jax JAX_COMPILATION_CACHE_DIR=$${JAX_COMPILATION_CACHE_DIR:-$(CURDIR)/build/jax_cache} \
-	  --env jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-	  --env jax XLA_FLAGS="$(EVAL_XLA_FLAGS) $${XLA_FLAGS:-}"; \
+	$(PYTHON) tools/eval_both_tabs.py --jax-cache $(CURDIR)/build/jax_cache; \
 	echo "=== Both tabs evaluated in $$(( SECONDS - start )) s"
 
 # Merges both tabs into one site; also writes the Colab notebooks. Then makes

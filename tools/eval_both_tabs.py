@@ -11,13 +11,14 @@ scheduler, ordered by how long each took when it was last measured
 (`EVAL_SECONDS`, written by `benchmarks/book_time.py --eval-seconds`). A
 notebook with no measurement goes first, as if it were the longest.
 
-    python tools/eval_both_tabs.py [--env TAB NAME=VALUE ...]
+    python tools/eval_both_tabs.py [--jax-cache FOLDER] [--env TAB NAME=VALUE ...]
 
 A notebook that loads a file another notebook of its tab writes runs right
 after that notebook, in the same slot (`RUNS_AFTER`).
 
-`--env` sets an environment variable for the kernels of one tab only (the
-Makefile gives PyTorch kernels half of the cores, and JAX a compilation cache).
+Each tab's kernels get the environment of tools/kernel_env.py (half of the
+cores for PyTorch; for JAX, a compilation cache in `--jax-cache` and XLA's -O2
+on a CPU); `--env` sets one more variable for the kernels of one tab only.
 Exits non-zero, naming the notebooks, if any notebook fails.
 """
 import argparse
@@ -30,6 +31,8 @@ import pathlib
 import sys
 
 from d2lbook import build, config as d2lbook_config, resource, utils
+
+from kernel_env import kernel_env
 
 EVAL_SECONDS = pathlib.Path(__file__).with_name('eval_seconds.json')
 # what-vit-learns loads the parameters that the section trained and saved
@@ -101,8 +104,8 @@ def notebook_name(description):
     return os.path.normpath(os.path.splitext(source)[0])
 
 
-def parse_env(parser, tabs, assignments):
-    env = {tab: {} for tab in tabs}
+def parse_env(parser, tabs, assignments, jax_cache):
+    env = {tab: kernel_env(tab, jax_cache) for tab in tabs}
     for tab, assignment in assignments:
         if tab not in env or '=' not in assignment:
             parser.error(f'--env {tab} {assignment}: expected a tab of {tabs} and NAME=VALUE')
@@ -117,9 +120,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--env', nargs=2, action='append', default=[],
                         metavar=('TAB', 'NAME=VALUE'))
+    parser.add_argument('--jax-cache', type=pathlib.Path, default=pathlib.Path('build', 'jax_cache'),
+                        help='the JAX kernels\' compilation cache, unless JAX_COMPILATION_CACHE_DIR '
+                             'names one (default: build/jax_cache)')
     args = parser.parse_args()
     tabs = d2lbook_config.Config().tabs
-    env = parse_env(parser, tabs, args.env)
+    env = parse_env(parser, tabs, args.env, args.jax_cache.resolve())
     seconds = json.loads(EVAL_SECONDS.read_text()) if EVAL_SECONDS.exists() else {}
 
     # Each tab's tasks are made in a process of its own, at the same time:

@@ -5,7 +5,7 @@
 For writing a page: each tab's notebook is cut out of chapter_vit/<page>.md as
 `d2lbook build eval` cuts it and run top to bottom in a Jupyter kernel, in
 quick mode (D2L_VIT_QUICK=1, unless it is set), with the same environment as
-`make eval` gives the kernels. The evaluated notebooks go to
+`make eval` gives the kernels (tools/kernel_env.py). The evaluated notebooks go to
 build/pages/<tab>/<page>.ipynb; the time each took is printed. Run `make lib`
 first when the page's saved code changed.
 """
@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reference_runs  # noqa: E402  (tools/reference_runs.py)
+from kernel_env import kernel_env  # noqa: E402
 
 ROOT = reference_runs.ROOT
 
@@ -29,9 +30,7 @@ def main():
     parser.add_argument('--out', type=pathlib.Path, default=ROOT / 'build' / 'pages')
     args = parser.parse_args()
     os.environ.setdefault('D2L_VIT_QUICK', '1')
-    os.environ.setdefault('OMP_NUM_THREADS', str(max((os.cpu_count() or 2) // 2, 1)))
-    os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / 'build' / 'jax_cache'))
-    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+    envs = {tab: kernel_env(tab, ROOT / 'build' / 'jax_cache') for tab in args.tabs}
     from d2lbook import resource
     failed = []
     for page in args.pages:
@@ -45,6 +44,7 @@ def main():
                       file=sys.stderr)
                 failed.append(f'{tab}/{page}')
                 continue
+            os.environ.update(envs[tab])  # inherited by the kernel
             folder = args.out.resolve() / tab
             folder.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
