@@ -5,13 +5,17 @@ published package list), but neither this chapter's library d2l_extras nor
 d2l: each notebook's first cell installs them. So, for each tab, a fresh
 virtual environment gets Python 3.13 (where the machine has it, found on PATH
 or through pyenv; else this Python, and the test says so) and exactly those
-versions, and every Colab notebook of the book build runs in it, offline and
-in quick mode, each in an empty folder of its own, the section first. Every
-install cell of a tab is the same line: the first notebook's installs
-d2l_extras (and d2l) into a venv that could not import them, pointed at a wheel
-of this checkout instead of the repository's tag, and the later ones find them
-installed. The two tabs run at the same time, one kernel each, and the JAX
-notebooks share a compilation cache, as in the book build.
+versions, and every Colab notebook of the book build runs in it, offline, each
+in an empty folder of its own. Every install cell of a tab is the same line:
+the tab's first notebook, the section, installs d2l_extras (and d2l) into a
+venv that could not import them, pointed at a wheel of this checkout instead of
+the repository's tag, and the later ones find them installed.
+
+This checks that every cell runs on Colab's versions, not what training
+reaches (the book build shows that), so the notebooks run as smoke runs
+(D2L_VIT_SMOKE=1: one epoch on a few hundred images). Two kernels run at a
+time, the two sections first, then the other notebooks of both tabs longest
+first; the JAX notebooks share a compilation cache, as in the book build.
 """
 import ast
 import concurrent.futures
@@ -34,6 +38,9 @@ from d2l_extras.run import reference_runs
 
 from conftest import ROOT, copy_sources
 
+sys.path.insert(0, str(ROOT / 'tools'))
+from kernel_env import kernel_env  # noqa: E402
+
 COLAB_PYTHON = (3, 13)
 # What Colab preinstalls that the notebooks use (August 2026); d2l needs
 # pandas and requests, and the PyTorch fine-tuning page timm.
@@ -49,6 +56,7 @@ INSTALLS = {'pytorch': {'d2l-extras': 'd2l_extras', 'd2l': 'd2l'},
             'jax': {'d2l-extras': 'd2l_extras'}}
 REPOSITORY = re.compile(r'git\+https://[^\s"\']+')
 SECTION = 'vision-transformer'
+EVAL_SECONDS = ROOT / 'tools' / 'eval_seconds.json'
 NOTEBOOK_TIMEOUT_S = 1200  # a safety net only: one page on a busy 2-core machine
 
 
@@ -135,41 +143,48 @@ def prepare(notebook, wheel, tab):
     return notebook
 
 
-def run_tab(book, tab, venv, jupyter, wheel, work, data):
-    """Every notebook of the tab, one after another, each as a new session."""
-    env = {key: value for key, value in os.environ.items() if key not in ('PYTHONPATH', 'VIRTUAL_ENV')}
-    env.update(D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1', D2L_VIT_DATA=str(data),
+def colab_kernel_env(tab, venv, jupyter, data, jax_cache):
+    """The environment of the tab's kernels: offline smoke runs in the venv,
+    with the book build's settings for the tab (tools/kernel_env.py)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ('PYTHONPATH', 'VIRTUAL_ENV', 'OMP_NUM_THREADS', 'XLA_FLAGS')
+           and not key.startswith(('JAX_', 'D2L_VIT_'))}
+    env.update(kernel_env(tab, jax_cache, environ={}),
+               D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1', D2L_VIT_SMOKE='1', D2L_VIT_DATA=str(data),
                JUPYTER_PATH=str(jupyter / 'share' / 'jupyter'),
                # `!pip` in a cell is the pip the shell finds first, as on Colab: the venv's.
-               PATH=f'{venv / "bin"}{os.pathsep}{os.environ["PATH"]}',
-               # Half of the cores each, as the book build gives the two tabs
-               OMP_NUM_THREADS=str(max((os.cpu_count() or 2) // 2, 1)))
-    if tab == 'jax':  # as the Makefile's book build
-        env.update(JAX_COMPILATION_CACHE_DIR=str(work / 'jax_cache'),
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-        if not shutil.which('nvidia-smi'):  # XLA's -O2 on a CPU, quicker to compile
-            env['XLA_FLAGS'] = f'--xla_backend_optimization_level=2 {env.get("XLA_FLAGS", "")}'.strip()
-    runs = {}
-    for source in notebooks(book, tab):
-        name = source.stem
-        notebook = work / name / f'{name}.ipynb'
-        notebook.parent.mkdir()
-        notebook.write_text(json.dumps(prepare(json.loads(source.read_text()), wheel, tab)))
-        start = time.perf_counter()
-        try:
-            result = subprocess.run(
-                [sys.executable, '-m', 'nbconvert', '--to', 'notebook', '--execute', '--inplace',
-                 '--ExecutePreprocessor.kernel_name=colab', '--ExecutePreprocessor.timeout=-1',
-                 str(notebook)], env=env, capture_output=True, text=True, timeout=NOTEBOOK_TIMEOUT_S)
-            returncode, log = result.returncode, result.stdout + result.stderr
-        except subprocess.TimeoutExpired as error:
-            returncode, log = 'timeout', f'no end after {NOTEBOOK_TIMEOUT_S} s: {error.output}'
-        executed = json.loads(notebook.read_text())
-        saved = book / 'build' / 'colab_run' / BUILD_FOLDER[tab] / 'chapter_vit' / notebook.name
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(executed, indent=1))
-        runs[name] = Run(returncode, time.perf_counter() - start, log, executed)
-    return runs
+               PATH=f'{venv / "bin"}{os.pathsep}{os.environ["PATH"]}')
+    return env
+
+
+def run_notebook(book, tab, source, wheel, work, env):
+    """One Colab notebook as a new session: in a folder of its own, with the
+    executed notebook also saved in the book's build/colab_run/."""
+    name = source.stem
+    notebook = work / name / f'{name}.ipynb'
+    notebook.parent.mkdir()
+    notebook.write_text(json.dumps(prepare(json.loads(source.read_text()), wheel, tab)))
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(
+            [sys.executable, '-m', 'nbconvert', '--to', 'notebook', '--execute', '--inplace',
+             '--ExecutePreprocessor.kernel_name=colab', '--ExecutePreprocessor.timeout=-1',
+             str(notebook)], env=env, capture_output=True, text=True, timeout=NOTEBOOK_TIMEOUT_S)
+        returncode, log = result.returncode, result.stdout + result.stderr
+    except subprocess.TimeoutExpired as error:
+        returncode, log = 'timeout', f'no end after {NOTEBOOK_TIMEOUT_S} s: {error.output}'
+    executed = json.loads(notebook.read_text())
+    saved = book / 'build' / 'colab_run' / BUILD_FOLDER[tab] / 'chapter_vit' / notebook.name
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(executed, indent=1))
+    return Run(returncode, time.perf_counter() - start, log, executed)
+
+
+def expected_seconds(tab, source):
+    """How long the book build last took for the notebook (EVAL_SECONDS); one
+    never measured counts as the longest."""
+    seconds = json.loads(EVAL_SECONDS.read_text()) if EVAL_SECONDS.exists() else {}
+    return seconds.get(tab, {}).get(f'chapter_vit/{source.stem}', float('inf'))
 
 
 def notebooks(book, tab):
@@ -184,10 +199,17 @@ def page_names():
     return sorted(path.stem for path in (ROOT / 'chapter_vit').glob('*.md') if path.stem != 'index')
 
 
+@dataclasses.dataclass
+class ColabRuns:
+    python: str  # the version of Python in the venvs
+    venvs: dict  # tab: the venv's folder
+    preinstalled: dict  # tab: what the venv imported before any install cell ran
+    runs: dict  # tab: {page: Run}
+
+
 @pytest.fixture(scope='module')
 def colab_runs(book, tmp_path_factory):
-    """Both tabs' notebooks, each tab in its own Colab-like venv, the two tabs
-    at the same time; their installs too, which are mostly downloads."""
+    """Both tabs' notebooks, each tab in its own Colab-like venv; two at a time."""
     checkout = copy_sources(tmp_path_factory.mktemp('checkout'))
     wheels = tmp_path_factory.mktemp('wheel')
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--wheel-dir', str(wheels),
@@ -195,26 +217,38 @@ def colab_runs(book, tmp_path_factory):
     wheel = next(wheels.glob('d2l_extras-*.whl'))
     python = colab_python()
     data = tmp_path_factory.mktemp('data')
-    folders = {tab: tmp_path_factory.mktemp(f'colab_{tab}') for tab in COLAB_VERSIONS}
+    tabs = list(COLAB_VERSIONS)
+    folders = {tab: tmp_path_factory.mktemp(f'colab_{tab}') for tab in tabs}
+    with concurrent.futures.ThreadPoolExecutor(len(tabs)) as pool:  # mostly downloads
+        venvs = dict(zip(tabs, pool.map(lambda tab: colab_venv(python, folders[tab], tab), tabs)))
+    preinstalled = {tab: importable(venvs[tab], list(INSTALLS[tab].values())) for tab in tabs}
+    envs = {tab: colab_kernel_env(tab, venvs[tab], folders[tab] / 'jupyter', data, folders[tab] / 'jax_cache')
+            for tab in tabs}
+    for tab in tabs:
+        (folders[tab] / 'sessions').mkdir()
 
-    preinstalled = {}
+    def run(task):
+        tab, source = task
+        return run_notebook(book, tab, source, wheel, folders[tab] / 'sessions', envs[tab])
 
-    def one_tab(tab):
-        venv = colab_venv(python, folders[tab], tab)
-        preinstalled[tab] = importable(venv, list(INSTALLS[tab].values()))
-        work = folders[tab] / 'sessions'
-        work.mkdir()
-        return run_tab(book, tab, venv, folders[tab] / 'jupyter', wheel, work, data)
-
+    # Each tab's section runs first, since its install cell fills the venv
+    # that the tab's other notebooks use; then the longest first, so that no
+    # long notebook runs alone at the end.
+    tasks = [(tab, source) for tab in tabs for source in notebooks(book, tab)]
+    sections = [task for task in tasks if task[1].stem == SECTION]
+    others = sorted((task for task in tasks if task[1].stem != SECTION),
+                    key=lambda task: expected_seconds(*task), reverse=True)
+    runs = {tab: {} for tab in tabs}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = dict(zip(COLAB_VERSIONS, pool.map(one_tab, COLAB_VERSIONS)))
+        for group in (sections, others):
+            for (tab, source), result in zip(group, pool.map(run, group)):
+                runs[tab][source.stem] = result
     for tab, tab_runs in runs.items():
         print(f'{tab} on Colab\'s versions:', ', '.join(f'{name} {run.seconds:.0f} s'
                                                        for name, run in tab_runs.items()))
     version = subprocess.run([python, '-c', 'import platform; print(platform.python_version())'],
                              capture_output=True, text=True, check=True).stdout.strip()
-    return {**runs, 'python': version, 'preinstalled': preinstalled,
-            'venvs': {tab: str(folders[tab] / 'venv') for tab in folders}}
+    return ColabRuns(version, {tab: str(venvs[tab]) for tab in tabs}, preinstalled, runs)
 
 
 def versions(run):
@@ -225,26 +259,26 @@ def versions(run):
 @pytest.mark.parametrize('tab', sorted(COLAB_VERSIONS))
 @pytest.mark.parametrize('page', page_names())
 def test_the_pages_colab_notebook_runs_with_colabs_versions(colab_runs, tab, page):
-    assert page in colab_runs[tab], f'no Colab notebook of {page} in the {tab} tab'
-    run = colab_runs[tab][page]
+    assert page in colab_runs.runs[tab], f'no Colab notebook of {page} in the {tab} tab'
+    run = colab_runs.runs[tab][page]
     assert run.returncode == 0, f'{page} [{tab}] failed on Colab\'s versions:\n{run.log[-6000:]}'
     cells = code_cells(run.notebook)
     assert 'error' not in [out['output_type'] for cell in cells for out in cell.get('outputs', [])]
     assert 'd2l-extras' in text(cells[0]), text(cells[0])[-2000:]
     found = versions(run)
-    assert found['python'] == colab_runs['python'], found
+    assert found['python'] == colab_runs.python, found
     for name, version in pinned(tab).items():
         assert found[name] == version, f'{name} {found[name]}, not Colab\'s {version}'
-    assert found['d2l_extras'].startswith(colab_runs['venvs'][tab]), \
+    assert found['d2l_extras'].startswith(colab_runs.venvs[tab]), \
         f'd2l_extras came from {found["d2l_extras"]}, not from the install cell'
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('tab', sorted(COLAB_VERSIONS))
 def test_the_first_install_cell_installs_what_colab_lacks(colab_runs, tab):
-    assert colab_runs['preinstalled'][tab] == [], \
-        f'importable before the install cell: {colab_runs["preinstalled"][tab]}'
-    install = text(code_cells(colab_runs[tab][SECTION].notebook)[0])
+    assert colab_runs.preinstalled[tab] == [], \
+        f'importable before the install cell: {colab_runs.preinstalled[tab]}'
+    install = text(code_cells(colab_runs.runs[tab][SECTION].notebook)[0])
     assert 'Successfully installed' in install, install[-2000:]
     assert all(name in install for name in INSTALLS[tab]), install[-2000:]
 
@@ -252,8 +286,8 @@ def test_the_first_install_cell_installs_what_colab_lacks(colab_runs, tab):
 @pytest.mark.slow
 @pytest.mark.parametrize('tab', sorted(COLAB_VERSIONS))
 def test_the_sections_notebook_trains_and_shows_the_reference_run(colab_runs, tab):
-    everything = '\n'.join(map(text, code_cells(colab_runs[tab][SECTION].notebook)))
-    assert 'Quick mode: 2 of 10 epochs' in everything
+    everything = '\n'.join(map(text, code_cells(colab_runs.runs[tab][SECTION].notebook)))
+    assert 'Smoke run: 1 of 10 epochs' in everything
     assert 'validation accuracy' in everything
     # The reference runs are package data: the installed package shows them
     if reference_runs.read_record(SECTION, 'vit', 'pytorch'):
@@ -262,7 +296,7 @@ def test_the_sections_notebook_trains_and_shows_the_reference_run(colab_runs, ta
 
 @pytest.mark.slow
 def test_the_nnx_block_computes_what_the_linen_block_computes_on_colabs_flax(colab_runs):
-    cells = code_cells(colab_runs['jax'][SECTION].notebook)
+    cells = code_cells(colab_runs.runs['jax'][SECTION].notebook)
     equivalence = next(cell for cell in cells if 'replace_by_pure_dict' in ''.join(cell['source']))
     same_tree, difference = ast.literal_eval(text(equivalence).strip())
     assert same_tree and difference < 1e-5, text(equivalence)
