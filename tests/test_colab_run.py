@@ -39,6 +39,7 @@ from d2l_extras.run import reference_runs
 from conftest import ROOT, copy_sources
 
 sys.path.insert(0, str(ROOT / 'tools'))
+import eval_both_tabs  # noqa: E402
 from kernel_env import kernel_env  # noqa: E402
 
 COLAB_PYTHON = (3, 13)
@@ -56,7 +57,6 @@ INSTALLS = {'pytorch': {'d2l-extras': 'd2l_extras', 'd2l': 'd2l'},
             'jax': {'d2l-extras': 'd2l_extras'}}
 REPOSITORY = re.compile(r'git\+https://[^\s"\']+')
 SECTION = 'vision-transformer'
-EVAL_SECONDS = ROOT / 'tools' / 'eval_seconds.json'
 NOTEBOOK_TIMEOUT_S = 1200  # a safety net only: one page on a busy 2-core machine
 
 
@@ -180,13 +180,6 @@ def run_notebook(book, tab, source, wheel, work, env):
     return Run(returncode, time.perf_counter() - start, log, executed)
 
 
-def expected_seconds(tab, source):
-    """How long the book build last took for the notebook (EVAL_SECONDS); one
-    never measured counts as the longest."""
-    seconds = json.loads(EVAL_SECONDS.read_text()) if EVAL_SECONDS.exists() else {}
-    return seconds.get(tab, {}).get(f'chapter_vit/{source.stem}', float('inf'))
-
-
 def notebooks(book, tab):
     """The tab's Colab notebooks with code, the section first."""
     folder = book / 'build' / BUILD_FOLDER[tab] / 'chapter_vit'
@@ -232,12 +225,14 @@ def colab_runs(book, tmp_path_factory):
         return run_notebook(book, tab, source, wheel, folders[tab] / 'sessions', envs[tab])
 
     # Each tab's section runs first, since its install cell fills the venv
-    # that the tab's other notebooks use; then the longest first, so that no
-    # long notebook runs alone at the end.
+    # that the tab's other notebooks use; then the longest first, by the book
+    # build's last times, so that no long notebook runs alone at the end.
+    seconds = eval_both_tabs.read_eval_seconds()
     tasks = [(tab, source) for tab in tabs for source in notebooks(book, tab)]
     sections = [task for task in tasks if task[1].stem == SECTION]
-    others = sorted((task for task in tasks if task[1].stem != SECTION),
-                    key=lambda task: expected_seconds(*task), reverse=True)
+    others = sorted((task for task in tasks if task[1].stem != SECTION), reverse=True,
+                    key=lambda task: eval_both_tabs.expected_seconds(seconds, task[0],
+                                                                     f'chapter_vit/{task[1].stem}'))
     runs = {tab: {} for tab in tabs}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         for group in (sections, others):

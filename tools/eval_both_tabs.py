@@ -104,6 +104,17 @@ def notebook_name(description):
     return os.path.normpath(os.path.splitext(source)[0])
 
 
+def read_eval_seconds():
+    """{tab: {notebook: seconds}} as last measured (EVAL_SECONDS), or {}."""
+    return json.loads(EVAL_SECONDS.read_text()) if EVAL_SECONDS.exists() else {}
+
+
+def expected_seconds(seconds, tab, notebook):
+    """How long `notebook` ('chapter_vit/swin') took in `seconds`; one never
+    measured counts as the longest."""
+    return seconds.get(tab, {}).get(notebook, float('inf'))
+
+
 def parse_env(parser, tabs, assignments, jax_cache):
     env = {tab: kernel_env(tab, jax_cache) for tab in tabs}
     for tab, assignment in assignments:
@@ -126,7 +137,7 @@ def main():
     args = parser.parse_args()
     tabs = d2lbook_config.Config().tabs
     env = parse_env(parser, tabs, args.env, args.jax_cache.resolve())
-    seconds = json.loads(EVAL_SECONDS.read_text()) if EVAL_SECONDS.exists() else {}
+    seconds = read_eval_seconds()
 
     # Each tab's tasks are made in a process of its own, at the same time:
     # reading and cutting the notebooks takes d2lbook about 15 s per tab.
@@ -134,12 +145,11 @@ def main():
         queue = [(tab, chain) for tab, tasks in zip(tabs, pool.map(tab_tasks, tabs, chunksize=1))
                  for chain in chains(tasks)]
 
-    def expected_seconds(item):
+    def chain_seconds(item):
         tab, chain = item
-        return sum(seconds.get(tab, {}).get(notebook_name(task[-1]), float('inf'))
-                   for task in chain)
+        return sum(expected_seconds(seconds, tab, notebook_name(task[-1])) for task in chain)
 
-    queue.sort(key=expected_seconds, reverse=True)
+    queue.sort(key=chain_seconds, reverse=True)
     gpus = resource.get_available_gpus()
     scheduler = resource.Scheduler(len(gpus) if gpus else 2, len(gpus))
     for tab, chain in queue:
