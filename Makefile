@@ -106,13 +106,18 @@ pdf: system-deps venv
 	d2lbook build pdf
 	d2lbook build pdf --tab jax
 
+# Two runs of pytest: first the tests of test-fast, one process per core
+# (most are small and single-threaded); then those of the built book and of
+# the Colab venvs, in one process, whose builds and notebooks already keep
+# two cores busy. Both run even when the first fails; make fails if either did.
 test: system-deps venv js-deps
-	$(PYTHON) -m pytest
+	@status=0; $(MAKE) --no-print-directory test-fast || status=$$?; \
+	$(PYTHON) -m pytest -m 'book or slow' || status=$$?; exit $$status
 
 # Everything but the tests of the built book and of fresh environments, in
-# minutes, one process per core: for a change to the library or the tests. CI
-# runs `make test`. JAX keeps its compiled programs between runs, as the book
-# build does: most of the JAX tests' time is compiling.
+# minutes, one process per core: for a change to the library or the tests.
+# JAX keeps its compiled programs between runs, as the book build does: most
+# of the JAX tests' time is compiling.
 test-fast: venv js-deps
 	JAX_COMPILATION_CACHE_DIR=$${JAX_COMPILATION_CACHE_DIR:-$(CURDIR)/build/jax_cache_tests} \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
