@@ -92,8 +92,8 @@ def test_a_smoke_run_trains_one_epoch_on_fewer_examples_than_any_quick_run(monke
     assert (size.num_train, size.num_val) == (quick_mode.SMOKE_NUM_TRAIN, quick_mode.SMOKE_NUM_VAL)
     assert capsys.readouterr().out.startswith('Smoke run: 1 of 10 epochs on at most ')
     # A notebook's own smaller quick budget stays smaller
-    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=128)
-    assert (size.num_train, size.num_val) == (128, quick_mode.SMOKE_NUM_VAL)
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=64)
+    assert (size.num_train, size.num_val) == (64, quick_mode.SMOKE_NUM_VAL)
 
 
 def test_a_smoke_run_with_the_full_settings_is_an_error(monkeypatch):
