@@ -2,10 +2,13 @@
 offline switch reads the same words; a smoke run, for tests, is shorter still."""
 import dataclasses
 
+import jax
 import pytest
 
 from d2l_extras.data import download
 from d2l_extras.run import quick_mode
+
+from helpers import LIBS, TAB_IDS
 
 
 @pytest.mark.parametrize('value, accelerator, expected', [
@@ -92,9 +95,26 @@ def test_a_smoke_run_trains_one_epoch_on_fewer_examples_than_any_quick_run(monke
     assert (size.num_train, size.num_val) == (quick_mode.SMOKE_NUM_TRAIN, quick_mode.SMOKE_NUM_VAL)
     assert capsys.readouterr().out.startswith('Smoke run: 1 of 10 epochs on at most ')
     # A notebook's own smaller quick budget stays smaller
-    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=64)
-    assert (size.num_train, size.num_val) == (64, quick_mode.SMOKE_NUM_VAL)
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=128)
+    assert (size.num_train, size.num_val) == (128, quick_mode.SMOKE_NUM_VAL)
 
+
+
+@pytest.mark.parametrize('tab', TAB_IDS)
+def test_a_smoke_run_at_the_pages_batch_size_still_plots_the_training_loss(tab):
+    # d2l's PyTorch Module plots the training loss every half epoch of
+    # minibatches: an epoch of one minibatch plots none, and the pages'
+    # plot_runs has no curve to draw
+    lib = dict(zip(TAB_IDS, LIBS))[tab]
+    data = lib.FashionMNIST(batch_size=128, resize=(16, 16), num_train=quick_mode.SMOKE_NUM_TRAIN,
+                            num_val=quick_mode.SMOKE_NUM_VAL)
+    model = lib.ViT(16, 8, 16, 32, 2, 1, 0.0, 0.0)
+    trainer = lib.Trainer(max_epochs=1)
+    if tab == 'jax':
+        trainer.fit(model, data, key=jax.random.key(0))
+    else:
+        trainer.fit(model, data)
+    assert model.board.data['train_loss'] and model.board.data['val_acc']
 
 def test_a_smoke_run_with_the_full_settings_is_an_error(monkeypatch):
     monkeypatch.setenv(quick_mode.SMOKE_ENV_VAR, '1')
