@@ -3,7 +3,7 @@
 The `book` fixture builds the whole book once per test session; the build
 checks (test_book.py), the browser test of the site (test_site_browser.py) and
 the Colab-style runs (test_colab_run.py) all use that one build, which takes
-CI more than ten minutes.
+CI more than ten minutes; the Colab runs' venvs install while it runs.
 """
 import os
 import pathlib
@@ -71,10 +71,21 @@ def copy_sources(target):
 
 
 @pytest.fixture(scope='session')
-def book(tmp_path_factory, jax_cache):
+def colab_venvs(tmp_path_factory):
+    """Both tabs' Colab-like venvs (colab_venvs.py), installing in the background."""
+    from colab_venvs import COLAB_VERSIONS, ColabVenvs
+    venvs = ColabVenvs({tab: tmp_path_factory.mktemp(f'colab_{tab}') for tab in COLAB_VERSIONS})
+    yield venvs
+    venvs.close()
+
+
+@pytest.fixture(scope='session')
+def book(request, tmp_path_factory, jax_cache):
     """A copy of the sources, built offline and in quick mode by the Makefile's
     `build` target (library, both tabs' notebooks, HTML, Colab notebooks), with
     this environment's venv and node_modules; its make output is in build/make.log."""
+    if any('colab_venvs' in item.fixturenames for item in request.session.items):
+        request.getfixturevalue('colab_venvs')  # their downloads overlap the build
     copy = copy_sources(tmp_path_factory.mktemp('book'))
     env = dict(os.environ, D2L_VIT_OFFLINE='1', D2L_VIT_QUICK='1', D2L_VIT_RECORD='',
                D2L_VIT_DATA=str(tmp_path_factory.mktemp('data')),

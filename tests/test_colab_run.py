@@ -24,34 +24,23 @@ import configparser
 import dataclasses
 import json
 import os
-import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import time
 import tomllib
-import warnings
 
 import pytest
 
 from d2l_extras.run import reference_runs
 
+from colab_venvs import COLAB_VERSIONS, importable
 from conftest import ROOT, copy_sources
 
 sys.path.insert(0, str(ROOT / 'tools'))
 import eval_both_tabs  # noqa: E402
 from kernel_env import kernel_env  # noqa: E402
 
-COLAB_PYTHON = (3, 13)
-# What Colab preinstalls that the notebooks use (August 2026); d2l needs
-# pandas and requests, and the PyTorch fine-tuning page timm.
-COMMON = ['numpy==2.1.3', 'scikit-learn==1.6.1', 'matplotlib', 'pillow', 'ipykernel']
-COLAB_VERSIONS = {
-    'pytorch': COMMON + ['torch==2.11.0', 'torchvision==0.26.0', 'timm==1.0.28', 'safetensors',
-                         'pandas', 'requests', 'scipy'],
-    'jax': COMMON + ['jax==0.7.2', 'jaxlib==0.7.2', 'flax==0.11.2', 'optax==0.2.8'],
-}
 BUILD_FOLDER = {'pytorch': 'colab', 'jax': 'colab_jax'}
 # What each tab's notebook must install itself, as pip names and module names.
 INSTALLS = {'pytorch': {'d2l-extras': 'd2l_extras', 'd2l': 'd2l'},
@@ -61,29 +50,6 @@ SECTION = 'vision-transformer'
 NOTEBOOK_TIMEOUT_S = 1200  # a safety net only: one page on a busy 2-core machine
 
 
-def python_candidates():
-    major, minor = COLAB_PYTHON
-    yield shutil.which(f'python{major}.{minor}')
-    pyenv = shutil.which('pyenv')
-    if pyenv:  # pyenv installs that are not on PATH
-        root = subprocess.run([pyenv, 'root'], capture_output=True, text=True).stdout.strip()
-        versions = subprocess.run([pyenv, 'versions', '--bare'], capture_output=True,
-                                  text=True).stdout.split()
-        for version in versions:
-            if version.startswith(f'{major}.{minor}.'):
-                yield os.path.join(root, 'versions', version, 'bin', 'python')
-
-
-def colab_python():
-    probe = f'import sys; assert sys.version_info[:2] == {COLAB_PYTHON}'
-    for candidate in python_candidates():
-        if candidate and subprocess.run([candidate, '-c', probe], capture_output=True).returncode == 0:
-            return candidate
-    warnings.warn(f'no Python {COLAB_PYTHON[0]}.{COLAB_PYTHON[1]} on this machine: the Colab '
-                  f'notebooks run on Python {sys.version.split()[0]} with Colab\'s packages')
-    return sys._base_executable
-
-
 def code_cells(notebook):
     return [cell for cell in notebook['cells'] if cell['cell_type'] == 'code']
 
@@ -91,27 +57,6 @@ def code_cells(notebook):
 def text(cell):
     return ''.join(''.join(out.get('text', '')) + ''.join(out.get('data', {}).get('text/plain', ''))
                    for out in cell.get('outputs', []))
-
-
-def colab_venv(python, folder, tab):
-    """A fresh venv with Colab's versions of what the tab uses, and a Jupyter
-    kernel that is this venv's IPython, as Colab's is its own."""
-    venv = folder / 'venv'
-    subprocess.run([python, '-m', 'venv', str(venv)], check=True)
-    pip = [str(venv / 'bin' / 'python'), '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check']
-    result = subprocess.run(pip + COLAB_VERSIONS[tab], capture_output=True, text=True)
-    assert result.returncode == 0, f'Colab\'s {tab} versions do not install:\n{result.stderr[-3000:]}'
-    subprocess.run([str(venv / 'bin' / 'python'), '-m', 'ipykernel', 'install', '--prefix',
-                    str(folder / 'jupyter'), '--name', 'colab'], check=True, capture_output=True)
-    return venv
-
-
-def importable(venv, modules):
-    """Which of `modules` the venv imports, from a folder outside the checkout."""
-    probe = f'import importlib.util; print(*[m for m in {modules!r} if importlib.util.find_spec(m)])'
-    result = subprocess.run([str(venv / 'bin' / 'python'), '-c', probe], cwd=venv,
-                            capture_output=True, text=True, check=True)
-    return result.stdout.split()
 
 
 @dataclasses.dataclass
@@ -202,19 +147,17 @@ class ColabRuns:
 
 
 @pytest.fixture(scope='module')
-def colab_runs(book, tmp_path_factory):
+def colab_runs(book, colab_venvs, tmp_path_factory):
     """Both tabs' notebooks, each tab in its own Colab-like venv; two at a time."""
     checkout = copy_sources(tmp_path_factory.mktemp('checkout'))
     wheels = tmp_path_factory.mktemp('wheel')
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--wheel-dir', str(wheels),
                     str(checkout)], check=True, capture_output=True)
     wheel = next(wheels.glob('d2l_extras-*.whl'))
-    python = colab_python()
+    python, folders = colab_venvs.python, colab_venvs.folders
     data = tmp_path_factory.mktemp('data')
     tabs = list(COLAB_VERSIONS)
-    folders = {tab: tmp_path_factory.mktemp(f'colab_{tab}') for tab in tabs}
-    with concurrent.futures.ThreadPoolExecutor(len(tabs)) as pool:  # mostly downloads
-        venvs = dict(zip(tabs, pool.map(lambda tab: colab_venv(python, folders[tab], tab), tabs)))
+    venvs = {tab: colab_venvs.venv(tab) for tab in tabs}
     preinstalled = {tab: importable(venvs[tab], list(INSTALLS[tab].values())) for tab in tabs}
     envs = {tab: colab_kernel_env(tab, venvs[tab], folders[tab] / 'jupyter', data, folders[tab] / 'jax_cache')
             for tab in tabs}
