@@ -1,7 +1,8 @@
 """The chapter's PyTorch library, used as ``from d2l_extras import torch as d2l``.
 
 It is d2l 1.0.3's PyTorch library plus the chapter's code: names the chapter
-defines come from here, every other name (``d2l.Trainer``, ``d2l.plot``) from
+defines come from here (and ``Module`` and ``Classifier``, whose boards plot as
+the JAX library's do), every other name (``d2l.Trainer``, ``d2l.plot``) from
 d2l's module, so both tabs call the library ``d2l``. The part above the
 WARNING marker is written by hand; the part below is the chapter's ``#@save``
 code, written by ``d2lbook build lib``.
@@ -145,6 +146,29 @@ def use_fused_attention(dropout, device):
     if FUSED_ATTENTION == 'auto':
         return not (dropout > 0 and device.type == 'cpu')
     return FUSED_ATTENTION == 'always'
+
+
+class Module(d2l_torch.Module):
+    """d2l's Module, whose board plots the training loss at least once an
+    epoch, as d2l_extras.jax's does: d2l 1.0.3 plots a point every
+    num_train_batches / plot_train_per_epoch minibatches, and so none in an
+    epoch of one minibatch."""
+
+    def plot(self, key, value, train):
+        assert hasattr(self, 'trainer'), 'Trainer is not inited'
+        self.board.xlabel = 'epoch'
+        if train:
+            x = self.trainer.train_batch_idx / self.trainer.num_train_batches
+            n = self.trainer.num_train_batches / self.plot_train_per_epoch
+        else:
+            x = self.trainer.epoch + 1
+            n = self.trainer.num_val_batches / self.plot_valid_per_epoch
+        self.board.draw(x, value.detach().cpu().numpy(), ('train_' if train else 'val_') + key,
+                        every_n=max(int(n), 1))
+
+
+class Classifier(d2l_torch.Classifier, Module):
+    """d2l's Classifier, on the Module above."""
 
 
 class ImageDataModule(modules.ImageDataModule, d2l_torch.DataModule):

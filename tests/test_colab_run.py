@@ -13,8 +13,8 @@ the repository's tag, and the later ones find them installed.
 
 This checks that every cell runs on Colab's versions, not what training
 reaches (the book build shows that), so the notebooks run as smoke runs
-(D2L_VIT_SMOKE=1: one epoch on at most 256 training and 128 validation
-images, two minibatches and one at the pages' usual size). Two kernels run at a
+(D2L_VIT_SMOKE=1: one epoch on at most 128 training and 128 validation
+images, a minibatch of each at the pages' usual size). Two kernels run at a
 time, the two sections first, then the other notebooks of both tabs longest
 first; the JAX notebooks share a compilation cache, as in the book build.
 """

@@ -95,16 +95,16 @@ def test_a_smoke_run_trains_one_epoch_on_fewer_examples_than_any_quick_run(monke
     assert (size.num_train, size.num_val) == (quick_mode.SMOKE_NUM_TRAIN, quick_mode.SMOKE_NUM_VAL)
     assert capsys.readouterr().out.startswith('Smoke run: 1 of 10 epochs on at most ')
     # A notebook's own smaller quick budget stays smaller
-    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=128)
-    assert (size.num_train, size.num_val) == (128, quick_mode.SMOKE_NUM_VAL)
+    size = quick_mode.run_size(max_epochs=10, has_accelerator=False, quick_num_train=64)
+    assert (size.num_train, size.num_val) == (64, quick_mode.SMOKE_NUM_VAL)
 
 
 
 @pytest.mark.parametrize('tab', TAB_IDS)
 def test_a_smoke_run_at_the_pages_batch_size_still_plots_the_training_loss(tab):
-    # d2l's PyTorch Module plots the training loss every half epoch of
-    # minibatches: an epoch of one minibatch plots none, and the pages'
-    # plot_runs has no curve to draw
+    # d2l 1.0.3's PyTorch Module plots the training loss every half epoch of
+    # minibatches, and so none in an epoch of one minibatch: the pages'
+    # plot_runs would have no curve to draw
     lib = dict(zip(TAB_IDS, LIBS))[tab]
     data = lib.FashionMNIST(batch_size=128, resize=(16, 16), num_train=quick_mode.SMOKE_NUM_TRAIN,
                             num_val=quick_mode.SMOKE_NUM_VAL)

@@ -21,9 +21,9 @@ QUICK_MAX_EPOCHS = 2
 QUICK_NUM_TRAIN = 1024
 QUICK_NUM_VAL = 512
 SMOKE_ENV_VAR = 'D2L_VIT_SMOKE'
-# Two minibatches of the pages' usual 128: d2l's PyTorch Module plots the
-# training loss every half epoch, and with one minibatch it plots none.
-SMOKE_NUM_TRAIN = 256
+# One minibatch of the pages' usual 128: a smoke run checks that each cell
+# runs, and on a CPU every further step costs seconds.
+SMOKE_NUM_TRAIN = 128
 SMOKE_NUM_VAL = 128
 
 
