@@ -155,16 +155,12 @@ class Module(d2l_torch.Module):
     epoch of one minibatch."""
 
     def plot(self, key, value, train):
-        assert hasattr(self, 'trainer'), 'Trainer is not inited'
+        if not (train and self.trainer.num_train_batches < self.plot_train_per_epoch):
+            return super().plot(key, value, train)
+        # d2l's every_n would be int(num_train_batches / plot_train_per_epoch) = 0
         self.board.xlabel = 'epoch'
-        if train:
-            x = self.trainer.train_batch_idx / self.trainer.num_train_batches
-            n = self.trainer.num_train_batches / self.plot_train_per_epoch
-        else:
-            x = self.trainer.epoch + 1
-            n = self.trainer.num_val_batches / self.plot_valid_per_epoch
-        self.board.draw(x, value.detach().cpu().numpy(), ('train_' if train else 'val_') + key,
-                        every_n=max(int(n), 1))
+        self.board.draw(self.trainer.train_batch_idx / self.trainer.num_train_batches,
+                        value.detach().cpu().numpy(), 'train_' + key, every_n=1)
 
 
 class Classifier(d2l_torch.Classifier, Module):
