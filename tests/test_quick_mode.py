@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import pytest
 
+from d2l_extras import jax as jax_lib
 from d2l_extras.data import download
 from d2l_extras.run import quick_mode
 
@@ -99,22 +100,21 @@ def test_a_smoke_run_trains_one_epoch_on_fewer_examples_than_any_quick_run(monke
     assert (size.num_train, size.num_val) == (64, quick_mode.SMOKE_NUM_VAL)
 
 
-
-@pytest.mark.parametrize('tab', TAB_IDS)
-def test_a_smoke_run_at_the_pages_batch_size_still_plots_the_training_loss(tab):
+@pytest.mark.parametrize('lib', LIBS, ids=TAB_IDS)
+def test_a_smoke_run_at_the_pages_batch_size_still_plots_the_training_loss(lib):
     # d2l 1.0.3's PyTorch Module plots the training loss every half epoch of
     # minibatches, and so none in an epoch of one minibatch: the pages'
     # plot_runs would have no curve to draw
-    lib = dict(zip(TAB_IDS, LIBS))[tab]
     data = lib.FashionMNIST(batch_size=128, resize=(16, 16), num_train=quick_mode.SMOKE_NUM_TRAIN,
                             num_val=quick_mode.SMOKE_NUM_VAL)
     model = lib.ViT(16, 8, 16, 32, 2, 1, 0.0, 0.0)
     trainer = lib.Trainer(max_epochs=1)
-    if tab == 'jax':
+    if lib is jax_lib:
         trainer.fit(model, data, key=jax.random.key(0))
     else:
         trainer.fit(model, data)
     assert model.board.data['train_loss'] and model.board.data['val_acc']
+
 
 def test_a_smoke_run_with_the_full_settings_is_an_error(monkeypatch):
     monkeypatch.setenv(quick_mode.SMOKE_ENV_VAR, '1')
