@@ -23,10 +23,12 @@ SECTION = ('vision-transformer', 'vit')
 
 
 class Board:
-    """What a ProgressBoard holds after 2 epochs: two training points and one
-    validation point per epoch."""
+    """What a ProgressBoard holds after 2 epochs of 4 minibatches: two
+    training points per epoch, each at the mean position of the two minibatches
+    it averages (0 and 0.25, ...), and one validation point per epoch."""
     def __init__(self):
-        self.data = {'train_loss': [Point(0.5, 2.0), Point(1.0, 1.6), Point(1.5, 1.2), Point(2.0, 1.0)],
+        self.data = {'train_loss': [Point(0.125, 2.0), Point(0.625, 1.6), Point(1.125, 1.2),
+                                    Point(1.625, 1.0)],
                      'val_loss': [Point(1, 1.5), Point(2, 1.1)],
                      'val_acc': [Point(1, 0.5), Point(2, 0.625)]}
 

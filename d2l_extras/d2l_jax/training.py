@@ -207,8 +207,9 @@ class Trainer(HyperParameters):
     def fit_epoch(self):
         for batch in self.train_dataloader:
             self.state, loss = self.train_step(self.state, self.prepare_batch(batch))
-            self.train_batch_idx += 1
+            # Plotted before counting the batch, as d2l's PyTorch training_step is
             self.model.plot('loss', loss, train=True)
+            self.train_batch_idx += 1
         if self.val_dataloader is None:
             return
         for batch in self.val_dataloader:

@@ -75,8 +75,8 @@ def history_from_board(board):
     val_loss = [float(y) for _, y in data['val_loss']]
     epochs = [int(round(x)) for x, _ in data['val_loss']]
     train = {}
-    for x, y in data['train_loss']:  # x in (epoch - 1, epoch]
-        train.setdefault(int(np.ceil(x - 1e-9)), []).append(float(y))
+    for x, y in data['train_loss']:  # x in [epoch - 1, epoch)
+        train.setdefault(int(np.floor(x + 1e-9)) + 1, []).append(float(y))
     return {'epoch': epochs, 'train_loss': [float(np.mean(train[e])) for e in epochs],
             'val_loss': val_loss, 'val_acc': [float(y) for _, y in data['val_acc']]}
 
