@@ -5,6 +5,7 @@ parameters load in both tabs, only for the model and data that trained them."""
 import collections
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -243,6 +244,15 @@ def test_every_committed_record_is_valid_and_its_parameters_load():
         assert path.stat().st_size <= 15 * 2**20
         with np.load(path, allow_pickle=False) as npz:
             assert all(npz[k].dtype == np.float16 for k in npz.files if k != '__settings__')
+
+
+def test_the_library_names_its_own_files_from_its_package_folder_on():
+    # The pages print where parameters came from; the builder's folders stay out
+    path = reference_runs.parameters_path('vision-transformer', 'vit', 'pytorch')
+    assert str(reference_runs.shown_path(path)) == \
+        'd2l_extras/reference_runs/vision-transformer--vit--pytorch.npz'
+    elsewhere = pathlib.Path('/somewhere/else/vit.npz')
+    assert reference_runs.shown_path(elsewhere) == elsewhere
 
 
 def test_a_page_cut_as_a_script_runs_the_code_of_d2lbooks_notebook_of_its_tab():

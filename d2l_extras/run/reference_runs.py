@@ -265,7 +265,18 @@ def load_parameters(path, expected_settings, otherwise='training the model here'
         with np.load(file, allow_pickle=False) as npz:
             return str(npz['__settings__']), {k: npz[k].astype(np.float32)
                                                for k in npz.files if k != '__settings__'}
-    return saved_params.load(path, expected_settings, read, otherwise)
+    return saved_params.load(path, expected_settings, read, otherwise,
+                             shown=shown_path(path))
+
+
+def shown_path(path):
+    """``path`` as messages show it: inside the library from its package
+    folder on, so that no machine's folders appear in the pages."""
+    path = pathlib.Path(path)
+    try:
+        return path.relative_to(FOLDER.parents[1])
+    except ValueError:
+        return path
 
 
 def flatten(tree, prefix=''):
@@ -329,13 +340,15 @@ def plot_with_reference(boards, records, labels=('val_loss', 'val_acc'), figsize
     plotting.plt.show()
 
 
+HOW_TO_RECORD = "(the book's repository records them with tools/reference_runs.py)"
+
+
 def show_reference(page, name, framework):
     """Say in one line what the reference run of ``name`` on ``page`` was, or
     that none is recorded; returns its record or None."""
     record = find_record(page, name, framework)
     print(describe(record) if record else
-          f'No reference run is recorded for {page} ({name}) yet: '
-          'tools/reference_runs.py records one.')
+          f'No reference run is recorded for {page} ({name}) yet {HOW_TO_RECORD}.')
     return record
 
 
@@ -359,8 +372,8 @@ def compare(page, framework, runs, run):
     records = {name: record for name in runs
                if (record := find_record(page, name, framework)) is not None}
     if not records:
-        print(f'No reference run is recorded for {page} ({", ".join(runs)}) yet: '
-              'tools/reference_runs.py records one.')
+        print(f'No reference run is recorded for {page} ({", ".join(runs)}) yet '
+              f'{HOW_TO_RECORD}.')
         return records
     for name, record in records.items():
         print(('' if len(runs) == 1 else f'{name}: ') + describe(record))

@@ -67,24 +67,26 @@ def differences(saved, expected):
                      for name in names)
 
 
-def load(path, expected, read, otherwise='training the model here'):
+def load(path, expected, read, otherwise='training the model here', shown=None):
     """What ``read(file)`` returns after the settings, if the file at ``path``
     was saved with the ``expected`` settings; otherwise print why not and what
     happens ``otherwise``, and return None. ``read`` returns
-    ``(settings_json, parameters)``."""
+    ``(settings_json, parameters)``. The messages name the file ``shown``
+    (default: ``path``)."""
+    shown = path if shown is None else shown
     try:
         with open(path, 'rb') as file:
             saved, parameters = read(file)
     except FileNotFoundError:
-        print(f'No {path} yet: {otherwise}.')
+        print(f'No {shown} yet: {otherwise}.')
         return None
     except Exception as error:  # a truncated or foreign file, whatever its library says
-        print(f'Cannot read {path} ({type(error).__name__}: {error}); {otherwise} '
+        print(f'Cannot read {shown} ({type(error).__name__}: {error}); {otherwise} '
               '(save it again, or delete it, to stop this message).')
         return None
     if saved != expected:
-        print(f'{path} was trained with other settings ({differences(saved, expected)}); '
+        print(f'{shown} was trained with other settings ({differences(saved, expected)}); '
               f'{otherwise}.')
         return None
-    print(f'Loaded the trained parameters from {path}.')
+    print(f'Loaded the trained parameters from {shown}.')
     return parameters
