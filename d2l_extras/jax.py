@@ -1592,8 +1592,10 @@ def plot_attention_cost(num_tokens, costs):
         for name, slope in (('global', 2), ('windowed', 1)):
             y = costs[name][-1][k] * (n / n[-1])**slope
             ax.loglog(n, y, ':', color='gray')
-            ax.annotate(f'slope {slope}', (n[1], y[1]), fontsize=8,
-                        color='gray')
+            # Below the line, next to the second-to-last size: the two lines
+            # are far apart there, so their labels never overlap
+            ax.annotate(f'slope {slope}', (n[-2], y[-2]), xytext=(4, -12),
+                        textcoords='offset points', fontsize=8, color='gray')
         ax.set_xlabel('number of tokens n')
         ax.set_ylabel(ylabel)
         ax.grid(which='major')

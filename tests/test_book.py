@@ -77,6 +77,16 @@ def test_no_page_trains_on_the_standin_while_the_real_data_is_installed(book, fo
 
 
 @pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
+def test_no_page_prints_a_warning_or_a_folder_of_the_machine_that_built_it(book, folder):
+    for page in sorted((book / 'build' / folder / 'chapter_vit').glob('*.ipynb')):
+        text = outputs(json.loads(page.read_text()))
+        warning = re.search(r'\w+Warning: .*', text)
+        assert not warning, f'{page.name} ({folder}) prints {warning[0]!r}'
+        for folder_here in (ROOT, book):
+            assert str(folder_here) not in text, f'{page.name} ({folder}) prints {folder_here}'
+
+
+@pytest.mark.parametrize('folder', ['eval', 'eval_jax'])
 @pytest.mark.parametrize('page', ['exercise-pooling', 'exercise-accuracy', 'position-embeddings',
                                   'vit-vs-cnn', 'training-recipe', 'deit', 'swin',
                                   'masked-autoencoder', 'fine-tuning'])
