@@ -1,5 +1,7 @@
-"""Helpers shared by the test files: both libraries under the tabs' names, and
-random parameters that leave no mistake hidden behind a zero or a one."""
+"""Helpers shared by the test files: both libraries under the tabs' names,
+training in either tab, and random parameters that leave no mistake hidden
+behind a zero or a one."""
+import jax
 import torch
 
 from d2l_extras import jax as jax_lib
@@ -8,6 +10,18 @@ from d2l_extras import torch as torch_lib
 # `%%tab all` code is saved into both libraries; parametrize with ids=TAB_IDS
 LIBS = [torch_lib, jax_lib]
 TAB_IDS = ['pytorch', 'jax']
+
+
+def fit(lib, model, data, max_epochs=1, **trainer_args):
+    """Train ``model`` with the tab's d2l Trainer from seed 0 (JAX takes the
+    key, PyTorch the global seed); return the trainer."""
+    trainer = lib.Trainer(max_epochs=max_epochs, **trainer_args)
+    if lib is jax_lib:
+        trainer.fit(model, data, key=jax.random.key(0))
+    else:
+        torch.manual_seed(0)
+        trainer.fit(model, data)
+    return trainer
 
 
 def randomize(torch_model, seed=0, scale=0.1):

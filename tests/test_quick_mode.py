@@ -2,7 +2,6 @@
 offline switch reads the same words; a smoke run, for tests, is shorter still."""
 import dataclasses
 
-import jax
 import pytest
 
 from d2l_extras import jax as jax_lib
@@ -10,7 +9,7 @@ from d2l_extras import torch as torch_lib
 from d2l_extras.data import download
 from d2l_extras.run import quick_mode
 
-from helpers import LIBS, TAB_IDS
+from helpers import LIBS, TAB_IDS, fit
 
 
 @pytest.mark.parametrize('value, accelerator, expected', [
@@ -109,26 +108,18 @@ def test_a_smoke_run_at_the_pages_batch_size_still_plots_the_training_loss(lib):
     data = lib.FashionMNIST(batch_size=128, resize=(16, 16), num_train=quick_mode.SMOKE_NUM_TRAIN,
                             num_val=quick_mode.SMOKE_NUM_VAL)
     model = lib.ViT(16, 8, 16, 32, 2, 1, 0.0, 0.0)
-    trainer = lib.Trainer(max_epochs=1)
-    if lib is jax_lib:
-        trainer.fit(model, data, key=jax.random.key(0))
-    else:
-        trainer.fit(model, data)
+    fit(lib, model, data)
     assert model.board.data['train_loss'] and model.board.data['val_acc']
 
 
 def test_both_tabs_plot_the_training_loss_at_the_same_places():
     # d2l's PyTorch Module plots a minibatch's loss before the trainer counts
     # the minibatch; the JAX trainer does the same, so the tabs' curves line up
-    data = {lib: lib.FashionMNIST(batch_size=32, resize=(16, 16), num_train=128, num_val=32)
-            for lib in LIBS}
     places = {}
     for lib in LIBS:
+        data = lib.FashionMNIST(batch_size=32, resize=(16, 16), num_train=128, num_val=32)
         model = lib.ViT(16, 8, 16, 32, 2, 1, 0.0, 0.0)
-        if lib is jax_lib:
-            lib.Trainer(max_epochs=2).fit(model, data[lib], key=jax.random.key(0))
-        else:
-            lib.Trainer(max_epochs=2).fit(model, data[lib])
+        fit(lib, model, data, max_epochs=2)
         places[lib] = [float(x) for x, _ in model.board.data['train_loss']]
     assert places[torch_lib] == places[jax_lib] == [0.125, 0.625, 1.125, 1.625]
 

@@ -16,7 +16,7 @@ from jax import numpy as jnp
 from d2l_extras import jax as jax_lib
 from d2l_extras import torch as torch_lib
 
-from helpers import LIBS, TAB_IDS, randomize
+from helpers import LIBS, TAB_IDS, fit, randomize
 
 # A small ViT: 16x16 images, patches of 8, width 16, 2 blocks, no dropout
 SMALL = (16, 8, 16, 32, 2, 2, 0.0, 0.0)
@@ -426,14 +426,9 @@ def test_the_full_recipe_trains_a_small_model_on_soft_labels(lib):
                             augment=augment, mix=lib.mixup_cutmix)
     model = lib.RecipeViT(*SMALL[:6], 0.1, 0.1, lr=1e-3, adamw=True, label_smoothing=0.1,
                           drop_path_rate=0.1)
-    trainer = lib.Trainer(max_epochs=1, gradient_clip_val=1)
-    if lib is jax_lib:
-        trainer.fit(model, data, key=jax.random.key(0))
-        accuracy = lib.evaluate_accuracy(model, trainer.state.params, data)
-    else:
-        torch.manual_seed(0)
-        trainer.fit(model, data)
-        accuracy = lib.evaluate_accuracy(model, data)
+    trainer = fit(lib, model, data, gradient_clip_val=1)
+    accuracy = (lib.evaluate_accuracy(model, trainer.state.params, data) if lib is jax_lib
+                else lib.evaluate_accuracy(model, data))
     # points are (x, y): d2l's named tuples in PyTorch, tuples in JAX
     losses = [point[1] for key in ('train_loss', 'val_loss') for point in model.board.data[key]]
     assert losses and np.isfinite(losses).all()
